@@ -1,0 +1,43 @@
+# rmft-api — developer entry points. Every target installs what it needs.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+TORCH   := torch==2.13.0
+STAMP   := $(VENV)/.installed
+EXTRAS  := local,sandbox,report,dev
+
+.PHONY: install test check lint typecheck demo bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first: installing it through a dependency would pull the multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check rmft_api tests benchmarks
+	$(BIN)/ruff format --check rmft_api tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+demo: install
+	$(BIN)/rmft-api baselines --env mab --preset hard --replicates 200
+	$(BIN)/rmft-api baselines --env fol --replicates 50
+
+bench: install
+	$(BIN)/python benchmarks/rollout.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Classic decision algorithms, run on the environments' numeric core."""

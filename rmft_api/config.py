@@ -1,0 +1,287 @@
+"""The configuration tree: TOML in, frozen pydantic models out, every field documented here.
+
+Unknown keys are errors (`extra="forbid"`), every error is one line naming the key, the bad value
+and what is allowed, and `--set a.b=c` overrides any leaf. Later sections (policy, trainer, ...)
+extend `Config`; secrets are never fields: they come from the environment only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rmft_api.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Named instances of REFERENCE §2 (Krishnamurthy et al. 2024). A preset fills the keys the user
+# did not set; explicit keys always win.
+ENV_PRESETS: dict[str, dict[str, Any]] = {
+    "hard": {"kind": "mab", "num_arms": 5, "gap": 0.2, "horizon": 100, "means_mode": "gap"},
+    "easy": {"kind": "mab", "num_arms": 4, "gap": 0.5, "horizon": 100, "means_mode": "gap"},
+    "fol-iid": {"kind": "fol", "num_arms": 5, "horizon": 100, "family": "iid_uniform"},
+    "fol-adversarial": {"kind": "fol", "num_arms": 5, "horizon": 100, "family": "adaptive"},
+    "ns-abrupt": {"kind": "ns", "num_arms": 5, "horizon": 100, "ns_mode": "abrupt"},
+    "ns-drift": {"kind": "ns", "num_arms": 5, "horizon": 100, "ns_mode": "drift"},
+}
+
+FolFamily = Literal[
+    "iid_uniform", "iid_gaussian", "linear_trend", "sine_trend", "alternating", "adaptive"
+]
+
+
+class EnvConfig(Section):
+    """The decision task: its numeric core (hidden means / reward process)."""
+
+    preset: str | None = Field(
+        default=None, description=f"Named instance filling unset keys: {', '.join(ENV_PRESETS)}."
+    )
+    kind: Literal["mab", "fol", "ns"] = Field(
+        default="mab",
+        description="mab: stochastic bandit; fol: experts; ns: non-stationary bandit.",
+    )
+    num_arms: int = Field(default=5, ge=2, le=26, description="K, the number of actions.")
+    horizon: int = Field(default=100, ge=1, le=100_000, description="T, rounds per episode.")
+    noise: Literal["bernoulli", "gaussian"] = Field(
+        default="bernoulli", description="Bandit reward noise around the hidden means."
+    )
+    sigma: float = Field(
+        default=0.1, gt=0, le=1, description="Std of Gaussian rewards (bandits, iid_gaussian FOL)."
+    )
+    means_mode: Literal["gap", "uniform", "fixed"] = Field(
+        default="gap",
+        description="gap: best arm 0.5+gap/2, others 0.5-gap/2; uniform: means ~ U(0,1) per "
+        "scenario; fixed: `means` as given. Arm order is shuffled per scenario seed except fixed.",
+    )
+    gap: float = Field(default=0.2, gt=0, le=1, description="Δ for means_mode = gap.")
+    means: list[float] | None = Field(
+        default=None, description="Hidden means for means_mode = fixed; one per arm, in [0, 1]."
+    )
+    family: FolFamily = Field(default="iid_uniform", description="FOL reward sequence family.")
+    ns_mode: Literal["abrupt", "drift"] = Field(
+        default="abrupt", description="NS-MAB: abrupt switches of the means, or smooth drift."
+    )
+    num_switches: int = Field(default=3, ge=1, description="NS abrupt: number of change points.")
+    drift_periods: float = Field(
+        default=1.0, gt=0, description="NS drift: sine periods of each arm's mean over the horizon."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            name = data["preset"]
+            if name not in ENV_PRESETS:
+                raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(ENV_PRESETS)}")
+            data = {**ENV_PRESETS[name], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check_means(self) -> Self:
+        if self.means_mode == "fixed":
+            if self.means is None or len(self.means) != self.num_arms:
+                raise ValueError(
+                    f"means_mode = 'fixed' needs `means` with num_arms = {self.num_arms} values"
+                )
+            if any(not 0.0 <= m <= 1.0 for m in self.means):
+                raise ValueError("every value in `means` must lie in [0, 1]")
+        return self
+
+
+class PromptConfig(Section):
+    """How an episode is put into words (Krishnamurthy et al.'s prompt design factors)."""
+
+    contexts: list[str] = Field(
+        default_factory=list,
+        description="Scenario contexts to draw from (names in prompts/scenarios); empty = all.",
+    )
+    history: Literal["raw", "summarized", "window"] = Field(
+        default="summarized",
+        description="raw: every past round; summarized: per-arm count + mean; window: last rounds.",
+    )
+    window: int = Field(default=10, ge=1, description="Rounds shown when history = window.")
+    answer: Literal["auto", "action", "distribution"] = Field(
+        default="auto",
+        description="auto: one action for bandits, a probability vector for FOL.",
+    )
+    reasoning: bool = Field(default=True, description="Ask for free-form reasoning before answer.")
+    framing: Literal["neutral", "suggestive"] = Field(
+        default="neutral", description="suggestive hints that exploring is worthwhile."
+    )
+    transcript: Literal["multi_turn", "single_turn"] = Field(
+        default="multi_turn",
+        description="multi_turn: one growing chat per episode; single_turn: each round a fresh "
+        "[system, user] prompt carrying the rendered history (short contexts for small models).",
+    )
+    templates_dir: str | None = Field(
+        default=None, description="Directory of templates overriding the packaged prompts/."
+    )
+
+
+class ParseConfig(Section):
+    """What happens when a reply cannot be parsed strictly."""
+
+    max_reprompts: int = Field(
+        default=1, ge=0, le=10, description="Re-ask with the format reminder up to n times."
+    )
+    fallback: Literal["random", "repeat_last", "forfeit", "abort"] = Field(
+        default="forfeit",
+        description="After the re-prompts: random action | repeat last | zero reward | abort run. "
+        "Every affected step is tagged and excluded or masked downstream.",
+    )
+    distribution_tolerance: float = Field(
+        default=0.02, ge=0, le=0.5, description="|sum − 1| allowed before a vector is rejected."
+    )
+
+
+class AgentsConfig(Section):
+    """Hyperparameters of the classic agents (baselines and `agent/<name>` providers)."""
+
+    names: list[str] = Field(
+        default_factory=list, description="Agents to run in `baselines`; empty = all that apply."
+    )
+    epsilon: float = Field(default=0.1, ge=0, le=1, description="ε-greedy exploration rate.")
+    ucb_c: float = Field(
+        default=1.0, gt=0, description="UCB1 bonus scale (c = 1 as Krishnamurthy)."
+    )
+    window: int = Field(default=50, ge=1, description="Sliding-window UCB window length.")
+    discount: float = Field(default=0.95, gt=0, le=1, description="Discounted Thompson γ.")
+    hedge_eta: float | None = Field(
+        default=None, gt=0, description="Hedge learning rate; None = sqrt(8 ln K / T)."
+    )
+    exp3_gamma: float | None = Field(
+        default=None, gt=0, le=1, description="EXP3 exploration; None = the textbook tuning."
+    )
+
+
+class RunConfig(Section):
+    """Identity and seeding of a run."""
+
+    name: str | None = Field(default=None, description="Run name; default: config name + time.")
+    seed: int = Field(default=0, ge=0, description="Root seed; all randomness derives from it.")
+    runs_dir: str = Field(default="runs", description="Where run directories are created.")
+
+
+class Config(Section):
+    """The whole configuration tree."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    parse: ParseConfig = Field(default_factory=ParseConfig)
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)
+
+    def hash(self) -> str:
+        """A stable hash of the resolved config (sha256 of its canonical JSON), 16 hex chars."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading and errors
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif not item.startswith(("function-", "model-")):
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "<root>"
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and "[" in x))
+    key = _format_loc(loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        return f"unknown key '{key}'{hint}"
+    got = err.get("input")
+    shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a table"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"key '{key}': got {shown}; {msg}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    current: Any = model
+    for item in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or not isinstance(item, str) or item not in fields:
+            return []
+        current = fields[item].annotation
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def config_error(
+    exc: ValidationError, *, source: str, model: type[BaseModel] = Config
+) -> ConfigError:
+    """One line for the user: every problem with its key, value and what is allowed."""
+    problems = [_describe(dict(e), model) for e in exc.errors()]
+    return ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=c` → (["a", "b"], value), the value read as TOML when it parses, else as a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set env.horizon=200")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set {item!r}: empty key; expected e.g. env.horizon=200")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def _apply(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: '{part}' is a value, not a table")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(
+    path: str | Path | None = None, *, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Read a TOML file (or defaults when None), apply `--set` overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {p}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text") from e
+    for item in overrides:
+        keys, value = parse_override(item)
+        _apply(data, keys, value)
+    return config_from_dict(data, source=source)
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise config_error(e, source=source) from None
