@@ -1,0 +1,1 @@
+"""Model providers behind one async, batch-shaped interface; resolved from spec strings."""
