@@ -1,0 +1,89 @@
+"""Config loading: every mistake is one line naming the key, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rmft_api.config import Config, load_config, parse_override
+from rmft_api.errors import ConfigError
+
+
+def test_defaults_load_and_hash_is_stable() -> None:
+    a, b = load_config(), load_config()
+    assert a == b and a.hash() == b.hash() and len(a.hash()) == 16
+    assert load_config(overrides=["env.horizon=200"]).hash() != a.hash()
+
+
+def test_preset_fills_unset_keys_and_explicit_keys_win() -> None:
+    cfg = load_config(overrides=['env.preset="easy"', "env.horizon=50"])
+    assert (cfg.env.num_arms, cfg.env.gap, cfg.env.horizon) == (4, 0.5, 50)
+
+
+def test_config_is_frozen() -> None:
+    cfg = Config()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen models
+        cfg.run.seed = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "must_contain"),
+    [
+        ('env.kind="bandit"', ["env.kind", '"bandit"', "'mab', 'fol' or 'ns'"]),
+        ("env.horizon=0", ["env.horizon", "0", "greater than or equal to 1"]),
+        ("env.num_arms=1", ["env.num_arms", "1", "greater than or equal to 2"]),
+        ("env.colour=3", ["unknown key 'env.colour'", "allowed keys here", "num_arms"]),
+        ("bogus.x=1", ["unknown key 'bogus'", "env"]),
+        ('parse.fallback="skip"', ["parse.fallback", '"skip"', "'forfeit'"]),
+        ('env.preset="medium"', ["env", "unknown preset 'medium'", "hard"]),
+        ('env.means_mode="fixed"', ["env", "means_mode = 'fixed' needs `means`"]),
+        ('prompt.history="all"', ["prompt.history", '"all"', "'summarized'"]),
+        ("agents.epsilon=1.5", ["agents.epsilon", "1.5", "less than or equal to 1"]),
+        ('run.seed="abc"', ["run.seed", '"abc"', "integer"]),
+    ],
+)
+def test_each_mistake_is_one_line_naming_the_key(override: str, must_contain: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in must_contain:
+        assert fragment in message, (fragment, message)
+    assert info.value.exit_code == 2
+
+
+def test_file_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[env\nkind = 'mab'\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("[env]\nhorizon = 'long'\n")
+    with pytest.raises(ConfigError, match=r"wrong\.toml: key 'env\.horizon'"):
+        load_config(wrong)
+
+
+def test_override_parsing() -> None:
+    assert parse_override("env.horizon=200") == (["env", "horizon"], 200)
+    assert parse_override("prompt.history=window") == (["prompt", "history"], "window")
+    assert parse_override("prompt.contexts=['buttons']") == (["prompt", "contexts"], ["buttons"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("env.horizon")
+
+
+def test_cli_config_error_exit_code_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[env]\nkind = 'casino'\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmft_api.cli", "baselines", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "env.kind" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
