@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rmft_api.errors import RmftError
+
+if TYPE_CHECKING:
+    from rmft_api.baselines import AgentSummary, BaselinesReport
+    from rmft_api.validation import ValidationReport
 
 app = typer.Typer(
     name="rmft-api",
@@ -37,6 +41,270 @@ def version() -> None:
     from rmft_api import __version__
 
     typer.echo(__version__)
+
+
+@app.command()
+def baselines(
+    env: Annotated[
+        str | None, typer.Option("--env", help="mab | fol | ns; overrides env.kind.")
+    ] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Named env preset.")] = None,
+    family: Annotated[
+        list[str] | None,
+        typer.Option("--family", help="FOL reward family (repeatable); default: all of them."),
+    ] = None,
+    agent: Annotated[
+        list[str] | None, typer.Option("--agent", help="Agent to run (repeatable); default: all.")
+    ] = None,
+    replicates: Annotated[int, typer.Option("--replicates", help="Scenarios per agent.")] = 100,
+    horizon: Annotated[int | None, typer.Option("--horizon", help="Overrides env.horizon.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Classic agents on the same scenarios: regret ± 95% CI, diagnostics, reference bounds."""
+    import json
+
+    from rmft_api.baselines import run_baselines
+    from rmft_api.config import load_config
+
+    overrides = list(set_ or [])
+    overrides += [f"env.{k}={v}" for k, v in (("kind", env), ("preset", preset)) if v is not None]
+    cfg = load_config(config, overrides=overrides)
+    report = run_baselines(
+        cfg, replicates=replicates, horizon=horizon, agents=agent, families=family
+    )
+    _render_baselines(report)
+    if json_out:
+        typer.echo(json.dumps(report.to_json()))
+
+
+def _render_baselines(report: BaselinesReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(x: float | None, spec: str = ".3f") -> str:
+        return "—" if x is None else format(x, spec)
+
+    def table(title: str, agents: dict[str, AgentSummary]) -> Table:
+        t = Table(title=title)
+        for col in ("agent", "regret", "95% CI", "SuffFail", "K·MinFrac", "β"):
+            t.add_column(col, justify="left" if col == "agent" else "right")
+        for name, s in agents.items():
+            ci = f"[{s.ci_low:.1f}, {s.ci_high:.1f}]"
+            cells = (fmt(s.suff_fail_freq), fmt(s.k_min_frac), fmt(s.growth_exponent, ".2f"))
+            t.add_row(name, f"{s.mean_regret:.2f}", ci, *cells)
+        return t
+
+    console = Console()
+    head = f"{report.env}, K={report.num_arms}, T={report.horizon}, {report.replicates} replicates"
+    for fam, block in (report.families or {}).items():
+        console.print(table(f"{head} — {fam}", block.agents))
+        console.print(f"  Hedge bound sqrt(T ln K / 2) = {block.hedge_bound:.2f}")
+    if report.families is None or len(report.families) > 1:
+        pooled = " — pooled over families" if report.families else ""
+        console.print(table(head + pooled, report.agents))
+    console.print("  SuffFail = SuffFailFreq(T/2); β = growth exponent of the mean regret curve")
+    if report.analytic.get("uniform") is not None:
+        console.print(f"  uniform, analytic expected regret = {report.analytic['uniform']:.2f}")
+    if report.lai_robbins is not None:
+        console.print(f"  Lai–Robbins bound log T·Σ Δ/KL = {report.lai_robbins:.2f}")
+    if report.variation_budget is not None:
+        console.print(f"  variation budget V_T (mean) = {report.variation_budget:.2f}")
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="Chat fine-tuning JSONL file.", dir_okay=False)],
+    model: Annotated[
+        str, typer.Option("--model", help="Model to fine-tune (token counting, prices).")
+    ] = "gpt-4o-mini",
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", min=1, help="Per-example token limit.")
+    ] = 65_536,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer", help="Local HF tokenizer dir for exact counts.", file_okay=False
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a fine-tuning JSONL file: every problem by line and rule, tokens, cost estimate."""
+    from rmft_api.validation import validate_file
+
+    report = validate_file(
+        file, model=model, max_tokens_per_example=max_tokens, tokenizer_dir=tokenizer
+    )
+    _render_validation(report)
+    if json_out:
+        typer.echo(report.model_dump_json())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _render_validation(report: ValidationReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if report.problems:
+        t = Table(title=f"{report.path}: {sum(report.rule_counts.values())} problem(s)")
+        for col in ("line", "rule", "message"):
+            t.add_column(col, justify="right" if col == "line" else "left")
+        for p in report.problems:
+            t.add_row("—" if p.line is None else str(p.line), p.rule, p.message)
+        console.print(t)
+        if report.problems_omitted:
+            console.print(f"  … {report.problems_omitted} more not listed; by rule:")
+            for rule, n in sorted(report.rule_counts.items()):
+                console.print(f"    {rule}: {n}")
+    tok = report.tokens
+    console.print(
+        f"{report.n_examples} examples, {report.file_bytes:,} bytes; tokens ({tok.method}): "
+        f"{tok.total:,} total, {tok.trainable:,} trained on, mean {tok.mean:.0f}, max {tok.max:,}"
+    )
+    if report.cost is not None:
+        c = report.cost
+        price = f"${c.training_usd:.4f}" if c.training_priced else "price unknown"
+        console.print(
+            f"training {c.model}: {c.n_epochs} epochs ({c.epochs_rule}) × {c.file_tokens:,} "
+            f"tokens = {c.billed_tokens:,} billed tokens, {price}"
+        )
+    verdict = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
+    console.print(f"{verdict} {report.path}")
+
+
+@app.command()
+def sandbox(
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0 = any free).")
+    ] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Loopback address only.")] = "127.0.0.1",
+    backing: Annotated[
+        str, typer.Option("--backing", help="Provider spec answering the chats.")
+    ] = "scripted/cycle",
+    latency_ms: Annotated[
+        float, typer.Option("--latency-ms", min=0, help="Added per reply.")
+    ] = 0.0,
+    rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per window.")] = None,
+    tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per window.")] = None,
+    window_s: Annotated[
+        float, typer.Option("--window-s", min=0.001, help="Rate-limit window in seconds.")
+    ] = 60.0,
+    faults: Annotated[
+        Path | None, typer.Option("--faults", help="Fault plan (.json / .toml).", dir_okay=False)
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Serve only these model names.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the backing provider.")] = 0,
+) -> None:
+    """Serve an OpenAI-compatible test server on loopback (rate limits, injected faults)."""
+    from rmft_api.providers.registry import resolve
+    from rmft_api.sandbox.faults import FaultPlan, load_fault_plan
+    from rmft_api.sandbox.server import serve
+    from rmft_api.sandbox.state import SandboxSettings, check_loopback
+
+    check_loopback(host)
+    settings = SandboxSettings(
+        host=host,
+        port=port,
+        latency_ms=latency_ms,
+        rpm=rpm,
+        tpm=tpm,
+        window_s=window_s,
+        models=list(model or []),
+        faults=load_fault_plan(faults) if faults is not None else FaultPlan(),
+    )
+    where = f"http://{host}:{port}/v1" if port else f"{host}, a free port (see below)"
+    typer.echo(f"sandbox: {where}, backing {backing}; Ctrl-C stops it")
+    serve(settings, resolve(backing, seed=seed))
+
+
+@app.command("prompt-preview")
+def prompt_preview(
+    env: Annotated[
+        str | None, typer.Option("--env", help="mab | fol | ns; overrides env.kind.")
+    ] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Named env preset.")] = None,
+    scenario: Annotated[
+        int, typer.Option("--scenario", help="Scenario index (train split).", min=0)
+    ] = 0,
+    context: Annotated[
+        str | None, typer.Option("--context", help="Force one scenario context, e.g. buttons.")
+    ] = None,
+    round_number: Annotated[
+        int, typer.Option("--round", help="Round to show, 1-based (earlier rounds scripted).")
+    ] = 1,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print exactly the chat a model would be asked at round t of a scenario."""
+    import json
+
+    from rmft_api.envs.preview import preview_config, preview_prompt
+
+    cfg = preview_config(
+        config, overrides=list(set_ or []), env=env, preset=preset, context=context
+    )
+    preview = preview_prompt(cfg, index=scenario, round_number=round_number)
+    typer.echo(preview.header)
+    for message in preview.messages:
+        typer.echo(f"\n----- {message.role} -----\n{message.content}")
+    if json_out:
+        payload = {
+            "header": preview.header,
+            "template_hash": preview.template_hash,
+            "messages": [m.model_dump(exclude_none=True) for m in preview.messages],
+        }
+        typer.echo(json.dumps(payload))
+
+
+@app.command()
+def numeric(
+    env: Annotated[str, typer.Option("--env", help="fol (experts) or mab (bandit).")] = "fol",
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", "-n", help="RMFT iterations after the init.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Directory for regret-curve PNGs.", file_okay=False)
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Root seed.")] = 0,
+    layers: Annotated[
+        int | None, typer.Option("--layers", help="Transformer blocks (1 = single-layer).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a numeric setting: --set train.epochs=8."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Iterative RMFT on a small numeric Transformer (the paper's first experiment)."""
+    import json
+    import logging
+
+    from rmft_api.errors import ConfigError
+    from rmft_api.numeric.config import default_numeric_config
+
+    if env not in ("fol", "mab"):
+        raise ConfigError(f"--env {env!r}: allowed: fol, mab")
+    overrides = list(set_ or [])
+    if layers is not None:
+        overrides.append(f"model.layers={layers}")
+    cfg = default_numeric_config(
+        "fol" if env == "fol" else "mab", overrides=overrides, iterations=iterations, seed=seed
+    )
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from rmft_api.numeric.experiment import run_numeric
+    from rmft_api.numeric.report import render_numeric
+
+    result = run_numeric(cfg, out_dir=out)
+    if json_out:
+        typer.echo(json.dumps(result.model_dump(mode="json"), separators=(",", ":")))
+    else:
+        render_numeric(result)
 
 
 # ---------------------------------------------------------------- commands are added above

@@ -11,7 +11,7 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -73,7 +73,9 @@ class EnvConfig(Section):
     )
     num_switches: int = Field(default=3, ge=1, description="NS abrupt: number of change points.")
     drift_periods: float = Field(
-        default=1.0, gt=0, description="NS drift: sine periods of each arm's mean over the horizon."
+        default=1.0,
+        gt=0,
+        description="NS drift / FOL sine_trend: sine periods of each arm over the horizon.",
     )
 
     @model_validator(mode="before")
@@ -124,8 +126,17 @@ class PromptConfig(Section):
         "[system, user] prompt carrying the rendered history (short contexts for small models).",
     )
     templates_dir: str | None = Field(
-        default=None, description="Directory of templates overriding the packaged prompts/."
+        default=None,
+        description="Directory of <name>.txt templates (or a templates/ folder, plus an optional "
+        "scenarios/ folder of contexts) replacing the packaged prompts/ files of the same name.",
     )
+
+    @model_validator(mode="after")
+    def _check_window(self) -> Self:
+        # A multi-turn chat already carries every past round; a window would contradict it.
+        if self.history == "window" and self.transcript == "multi_turn":
+            raise ValueError("history = 'window' needs transcript = 'single_turn'")
+        return self
 
 
 class ParseConfig(Section):
@@ -162,6 +173,214 @@ class AgentsConfig(Section):
     exp3_gamma: float | None = Field(
         default=None, gt=0, le=1, description="EXP3 exploration; None = the textbook tuning."
     )
+    ftpl_noise: float | None = Field(
+        default=None, gt=0, description="FTPL Gaussian perturbation std; None = sqrt(T / (2 ln K))."
+    )
+
+
+class SamplingConfig(Section):
+    """Decoding parameters of the policy (the same meaning for every provider)."""
+
+    temperature: float = Field(default=1.0, ge=0, le=2, description="0 = greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int = Field(default=256, ge=1, description="Cap on generated tokens per reply.")
+    seed: int | None = Field(
+        default=None, description="Sampling seed; None = derived from run.seed (local models)."
+    )
+    stop: list[str] = Field(default_factory=list, description="Stop sequences.")
+
+
+class PolicyConfig(Section):
+    """The policy being rolled out: a provider spec string plus the options its backend reads.
+
+    Specs: `openai/<model>` (any OpenAI-compatible server via `base_url`), `hf/<dir-or-name>`
+    `[+<adapter-dir>]` (local transformers model, optional PEFT adapter), `agent/<name>` (a classic
+    agent answering in text), `scripted/<first|cycle|garbage|random>` (deterministic, for tests).
+    Options a backend does not use are ignored by it.
+    """
+
+    spec: str = Field(
+        default="openai/gpt-4o-mini",
+        description="Provider spec: openai/<model> | hf/<dir>[+<adapter>] | agent/<name> | "
+        "scripted/<name>.",
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    base_url: str | None = Field(
+        default=None, description="openai: OpenAI-compatible endpoint (vLLM, transformers serve)."
+    )
+    base_urls: list[str] = Field(
+        default_factory=list, description="openai: several replicas, requests spread over them."
+    )
+    concurrency: int = Field(default=64, ge=1, description="openai: requests in flight at most.")
+    rpm: int | None = Field(default=None, ge=1, description="openai: requests per minute cap.")
+    tpm: int | None = Field(default=None, ge=1, description="openai: tokens per minute cap.")
+    timeout_s: float = Field(default=60.0, gt=0, description="openai: per-request timeout.")
+    max_retries: int = Field(
+        default=6, ge=0, description="openai: retries of a transient failure per request."
+    )
+    batch_size: int = Field(
+        default=16, ge=1, description="hf: prompts per generate call (halved on out-of-memory)."
+    )
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        default="auto", description="hf: accelerator; auto = cuda, then mps, then cpu."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="hf: weights dtype; auto = bfloat16 on cuda, else float32."
+    )
+    stop_after_answer: bool = Field(
+        default=True,
+        description="hf: stop generating at the end of the line carrying the answer marker.",
+    )
+
+
+class RolloutConfig(Section):
+    """How many episodes a rollout phase plays, and how it resumes."""
+
+    scenarios: int = Field(default=32, ge=1, description="M, scenarios per iteration.")
+    rollouts_per_scenario: int = Field(
+        default=4, ge=1, description="L, rollouts of the policy per scenario."
+    )
+    cache: bool = Field(
+        default=True,
+        description="Keep a response cache in the run dir: a restarted episode replays turns "
+        "already paid for, free.",
+    )
+
+
+class OpenAITrainerConfig(Section):
+    """Fine-tuning through the OpenAI API (or an OpenAI-compatible service at `policy.base_url`).
+
+    These are the job's supervised hyperparameters and naming; upload, polling and metadata
+    settings are added by the issue that implements this backend (trainers/openai_ft.py).
+    """
+
+    kind: Literal["openai"] = "openai"
+    n_epochs: int | Literal["auto"] = Field(
+        default="auto", description="Epochs over the file; auto = OpenAI's rule from its size."
+    )
+    batch_size: int | Literal["auto"] = Field(
+        default="auto", description="Examples per step; auto = chosen by the service."
+    )
+    learning_rate_multiplier: float | Literal["auto"] = Field(
+        default="auto", description="Multiplier of the service's base learning rate."
+    )
+    suffix: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Up to 64 characters put into the fine-tuned model's name "
+        "(ft:...:<suffix>:id).",
+    )
+
+
+class LoraTrainerConfig(Section):
+    """Local PEFT LoRA training (trainers/lora.py), run as a subprocess writing its status."""
+
+    kind: Literal["lora"] = "lora"
+    base_model: str | None = Field(
+        default=None,
+        description="Local model dir (or hf/<dir> spec) the adapter is trained on; None = the "
+        "base of the policy being trained (the <dir> of hf/<dir>[+<adapter>]).",
+    )
+    init_from: Literal["previous", "base"] = Field(
+        default="previous",
+        description="previous: continue the current policy's adapter; base: a fresh adapter on "
+        "the base model every iteration (STaR / ReST-EM style).",
+    )
+    accumulate: bool = Field(
+        default=False,
+        description="Train on all iterations' data so far instead of this iteration's only (the "
+        "pipeline concatenates the files; useful with init_from = base).",
+    )
+    r: int = Field(default=16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(default=32, ge=1, description="LoRA scale numerator (scale = α / r).")
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on LoRA inputs.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear",
+        description='Module names to adapt, e.g. ["q_proj", "v_proj"]; all-linear = every '
+        "linear layer but the output head.",
+    )
+    learning_rate: float = Field(default=2e-4, gt=0, description="AdamW peak learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        default="linear", description="Decay after warmup: none, linear to 0, or cosine to 0."
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warmup optimizer steps.")
+    max_grad_norm: float | None = Field(
+        default=1.0, gt=0, description="Gradient clipping norm; None = no clipping."
+    )
+    epochs: int = Field(default=3, ge=1, description="Passes over the training file.")
+    batch_size: int = Field(default=4, ge=1, description="Examples per micro-batch (per device).")
+    grad_accum: int = Field(
+        default=1, ge=1, description="Micro-batches per optimizer step (per device)."
+    )
+    max_seq_len: int = Field(
+        default=4096, ge=8, description="Tokens per example; longer ones are cut at the end."
+    )
+    checkpoint_every_steps: int = Field(
+        default=50, ge=1, description="Save adapter + optimizer + RNG state every N steps."
+    )
+    keep_checkpoints: int = Field(default=2, ge=1, description="Most recent checkpoints kept.")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        default="auto",
+        description="auto = cuda, then mps, then cpu; pick GPUs with CUDA_VISIBLE_DEVICES.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Base weights dtype; auto = bfloat16 on cuda, else float32."
+    )
+    seed: int = Field(
+        default=0, ge=0, description="Adapter init, data order and dropout; mixed with iteration."
+    )
+    cpu_threads: int | None = Field(
+        default=None, ge=1, description="torch threads in the training process; None = default."
+    )
+    launcher: list[str] = Field(
+        default_factory=list,
+        description='Command put before `-m rmft_api.trainers.lora`, e.g. ["accelerate", '
+        '"launch", "--num_processes", "4"]; empty = this Python interpreter.',
+    )
+    max_restarts: int = Field(
+        default=2,
+        ge=0,
+        description="Times a training process that died without a word is restarted (resuming "
+        "from its last checkpoint) before the job is marked failed.",
+    )
+
+
+TrainerConfig = Annotated[OpenAITrainerConfig | LoraTrainerConfig, Field(discriminator="kind")]
+
+
+class ExportConfig(Section):
+    """How selected episodes become fine-tuning examples, and the limits the file is checked
+    against before training (datasets.py, validation.py)."""
+
+    mode: Literal["episode", "round"] = Field(
+        default="episode",
+        description="episode: one example per episode (whole multi-turn chat); round: one "
+        "example per valid round (the chat the model saw then + its reply).",
+    )
+    mask_ambiguous: bool = Field(
+        default=False,
+        description="Weight 0 on replies the parser flagged ambiguous (conflicting answers).",
+    )
+    max_tokens_per_example: int = Field(
+        default=65_536, ge=1, description="Per-example token limit (65,536 for gpt-4o-mini)."
+    )
+    tokenizer_dir: str | None = Field(
+        default=None,
+        description="Local HF tokenizer dir for exact token counts; None = tiktoken if its "
+        "encoding is cached, else an estimate of 4 characters per token.",
+    )
+
+
+class BudgetConfig(Section):
+    """Spending limits checked before every paid step."""
+
+    max_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Refuse a paid step (fine-tuning job) whose estimate would take the run's "
+        "total spending over this; None = no limit.",
+    )
 
 
 class RunConfig(Section):
@@ -180,6 +399,14 @@ class Config(Section):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     parse: ParseConfig = Field(default_factory=ParseConfig)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    trainer: TrainerConfig = Field(
+        default_factory=OpenAITrainerConfig,
+        description='Fine-tuning backend: kind = "openai" | "lora".',
+    )
 
     def hash(self) -> str:
         """A stable hash of the resolved config (sha256 of its canonical JSON), 16 hex chars."""

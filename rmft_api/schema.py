@@ -68,6 +68,8 @@ class Attempt(Record):
 
     reply: str
     parse_error: str | None = None  # why it was rejected; None when it parsed
+    # The format-reminder user turn that re-asked after this reply (None: parsed, or last try).
+    reminder: str | None = None
 
 
 class Step(Record):
@@ -112,6 +114,8 @@ class Episode(Record):
     arm_names: list[str]
     policy_spec: str
     template_hash: str
+    # multi_turn: one growing chat; single_turn: each round [system, Step.prompt] (envs/text.py).
+    transcript: Literal["multi_turn", "single_turn"] = "multi_turn"
     system_prompt: str
     steps: list[Step]
     status: EpisodeStatus = "complete"
@@ -119,3 +123,43 @@ class Episode(Record):
     regret: float  # expected (pseudo-/static/dynamic) cumulative regret from the hidden truth
     realised_regret: float
     usage: Usage = Field(default_factory=Usage)
+
+
+# ---------------------------------------------------------------- fine-tuning jobs
+
+# OpenAI's job statuses, shared by every trainer backend. A status outside this list (e.g. a new
+# server-side "paused") is kept verbatim in `JobRef.status` and treated as not finished yet.
+JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class JobProgress(Record):
+    """Training progress as last reported by the backend (for the progress display)."""
+
+    step: int = 0
+    total_steps: int | None = None
+    loss: float | None = None  # mean training loss over the trained tokens of the last step
+    tokens_per_s: float | None = None
+
+
+class JobRef(Record):
+    """A fine-tuning job of any backend; persisted (iter-NNN/job.json) before it is ever polled."""
+
+    schema_version: int = SCHEMA_VERSION
+    backend: Literal["openai", "lora"]
+    job_id: str
+    status: str = "queued"  # a JobStatus, or an unknown server status kept verbatim
+    iteration: int
+    base_policy: str  # provider spec trained from, e.g. "hf/models/tiny" or "openai/gpt-4o-mini"
+    train_file: str
+    train_file_sha256: str | None = None
+    file_id: str | None = None  # OpenAI: the uploaded training file
+    job_dir: str | None = None  # local backends: the job's working directory
+    out_dir: str | None = None  # local backends: where the final adapter is saved
+    result_policy: str | None = None  # on success: the next provider spec
+    error: str | None = None  # on failure: the backend's message
+    progress: JobProgress = Field(default_factory=JobProgress)
+    trained_tokens: int | None = None  # tokens trained on (billed, for OpenAI)
+    checkpoints: list[str] = Field(default_factory=list)  # OpenAI checkpoint models / local dirs
+    metadata: dict[str, str] = Field(default_factory=dict)  # e.g. run id, iteration, data sha
+    created_at: float | None = None  # unix seconds

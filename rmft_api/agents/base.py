@@ -88,3 +88,31 @@ def run_full_info(
         vectors[t] = instance.reward_vector(t, policies[:t])
         agent.update(t, vectors[t])
     return FullInfoTrace(policies=policies, reward_vectors=vectors)
+
+
+# ---------------------------------------------------------------- helpers shared by the agents
+
+
+def argmax_policy(values: FloatArray) -> FloatArray:
+    """Uniform over the maximisers of `values`: one-hot when the maximum is unique."""
+    best = (values == values.max()).astype(np.float64)
+    policy: FloatArray = best / best.sum()
+    return policy
+
+
+def argmax_random_tie(values: FloatArray, rng: np.random.Generator) -> int:
+    """An index of the maximum, ties broken uniformly at random: a sample of `argmax_policy`.
+
+    The generator is only consumed when there is a tie, so tie-free traces stay cheap.
+    """
+    best = np.flatnonzero(values == values.max())
+    if best.size == 1:
+        return int(best[0])
+    return int(best[rng.integers(best.size)])
+
+
+def sample_index(probs: FloatArray, rng: np.random.Generator) -> int:
+    """One draw from a probability vector (inverse CDF: much cheaper than `rng.choice`)."""
+    cdf = np.cumsum(probs)
+    index = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return min(index, probs.size - 1)

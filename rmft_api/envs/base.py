@@ -91,7 +91,7 @@ class FullInfoInstance:
     def reward_vector(self, t: int, past_policies: FloatArray) -> FloatArray:
         """Round t's reward vector given the learner's policies for rounds 0..t-1 (shape (t, K))."""
         if not self.adaptive:
-            return self.table[t].astype(np.float64)
+            return np.asarray(self.table[t], dtype=np.float64)
         from rmft_api.envs.online import adaptive_reward_vector
 
         return adaptive_reward_vector(self, t, past_policies)
