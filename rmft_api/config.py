@@ -163,7 +163,9 @@ class AgentsConfig(Section):
     )
     epsilon: float = Field(default=0.1, ge=0, le=1, description="ε-greedy exploration rate.")
     ucb_c: float = Field(
-        default=1.0, gt=0, description="UCB1 bonus scale (c = 1 as Krishnamurthy)."
+        default=1.0,
+        gt=0,
+        description="UCB1 bonus sqrt(c ln n / n_a): 1 as Krishnamurthy, 2 = Auer.",
     )
     window: int = Field(default=50, ge=1, description="Sliding-window UCB window length.")
     discount: float = Field(default=0.95, gt=0, le=1, description="Discounted Thompson γ.")

@@ -118,10 +118,13 @@ class EpsilonGreedyAgent(GreedyAgent):
 
 
 class UCB1Agent(GreedyAgent):
-    """UCB1 (Auer et al. 2002) with a bonus scale: index μ̂_a + sqrt(2·c·ln n / n_a).
+    """UCB1 with exploration constant c: index μ̂_a + sqrt(c·ln n / n_a).
 
-    n is the number of rounds played so far and n_a the pulls of arm a; c = 1 is the textbook
-    UCB1 (`agents.ucb_c`). Every arm is pulled once first; ties are broken at random.
+    n is the number of rounds played so far and n_a the pulls of arm a. The default c = 1
+    (`agents.ucb_c`) is the "UCB with C = 1" baseline of Krishnamurthy et al. (REFERENCE §2);
+    c = 2 is Auer et al.'s original UCB1 bonus sqrt(2 ln n / n_a), which explores more and
+    bends towards log T only after ~8 ln T / Δ² pulls per arm. Every arm is pulled once first;
+    ties are broken at random.
     """
 
     name = "ucb1"
@@ -137,7 +140,7 @@ class UCB1Agent(GreedyAgent):
     def _index(self) -> FloatArray:
         if self._untried:
             return self._means  # +inf on the untried arms: they come first
-        bonus = np.sqrt(2.0 * self.c * math.log(self._played) / self._counts)
+        bonus = np.sqrt(self.c * math.log(self._played) / self._counts)
         return self._means + bonus
 
     def policy(self, t: int) -> FloatArray:
