@@ -16,6 +16,8 @@ from rmft_api.errors import RmftError
 
 if TYPE_CHECKING:
     from rmft_api.baselines import AgentSummary, BaselinesReport
+    from rmft_api.rollout_progress import RolloutProgress
+    from rmft_api.rollout_report import RolloutReport
     from rmft_api.validation import ValidationReport
 
 app = typer.Typer(
@@ -305,6 +307,110 @@ def numeric(
         typer.echo(json.dumps(result.model_dump(mode="json"), separators=(",", ":")))
     else:
         render_numeric(result)
+
+
+@app.command()
+def rollout(
+    out: Annotated[Path, typer.Option("--out", help="Directory for episodes.jsonl (resumed).")],
+    policy: Annotated[
+        str | None,
+        typer.Option("--policy", help="Provider spec: openai/MODEL, hf/DIR, agent/ucb1, ..."),
+    ] = None,
+    scenarios: Annotated[
+        int | None, typer.Option("--scenarios", help="M; default rollout.scenarios.")
+    ] = None,
+    rollouts: Annotated[
+        int | None, typer.Option("--rollouts", help="L; default rollout.rollouts_per_scenario.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Roll a policy out on M scenarios × L episodes; regret vs classic agents on the same draws."""
+    import json
+
+    from rmft_api.config import load_config
+    from rmft_api.rollout_report import rollout_and_compare
+
+    cfg = load_config(config, overrides=list(set_ or []))
+    with _RolloutProgressView() as view:
+        report = rollout_and_compare(
+            cfg, out_dir=out, policy=policy, scenarios=scenarios, rollouts=rollouts, progress=view
+        )
+    _render_rollout(report)
+    if json_out:
+        typer.echo(json.dumps(report.model_dump(mode="json")))
+
+
+class _RolloutProgressView:
+    """A rich progress bar on stderr fed by the rollout engine's snapshots."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._progress = Progress(
+            TextColumn("episodes"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._task = self._progress.add_task("rollout", total=None, info="")
+
+    def __enter__(self) -> _RolloutProgressView:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, progress: RolloutProgress) -> None:
+        p = progress
+        elapsed = max(p.elapsed_s, 1e-9)
+        played = p.episodes_done - p.episodes_skipped
+        left = p.episodes_total - p.episodes_done
+        eta = f"{left * elapsed / played:.0f}s" if played > 0 else "?"
+        info = (
+            f"{p.requests / elapsed:.1f} req/s · tok {p.prompt_tokens:,}/{p.completion_tokens:,}"
+            f" · ${p.cost_usd:.4f} · parse fails {p.parse_failures} · 429s {p.rate_limited}"
+            f" · errors {p.errors} · cached {p.cached} · ETA {eta}"
+        )
+        self._progress.update(
+            self._task, total=p.episodes_total, completed=p.episodes_done, info=info
+        )
+
+
+def _render_rollout(report: RolloutReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = report.summary
+    console = Console()
+    head = (
+        f"{s.policy_spec} on {report.env}, K={report.num_arms}, T={report.horizon}: "
+        f"{report.scenarios} scenarios × {report.rollouts_per_scenario} rollouts"
+    )
+    t = Table(title=head)
+    for col in ("policy", "regret", "95% CI", "scenarios"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    rows = [(s.policy_spec, report.policy)] if report.policy is not None else []
+    rows += [(f"{name} (classic)", stat) for name, stat in report.baselines.items()]
+    for name, stat in rows:
+        if stat is None:
+            continue
+        ci = f"[{stat.ci_low:.2f}, {stat.ci_high:.2f}]"
+        t.add_row(name, f"{stat.mean:.2f}", ci, str(stat.scenarios))
+    console.print(t)
+    console.print(
+        f"  episodes: {s.complete} complete, {s.errors} error, {s.aborted} aborted, "
+        f"{s.skipped} resumed from disk · requests {s.requests} ({s.cached_requests} cached) · "
+        f"parse failures {s.parse_failures} · 429s {s.rate_limited} · "
+        f"tokens {s.usage.prompt_tokens:,} in / {s.usage.completion_tokens:,} out · "
+        f"${s.usage.cost_usd:.4f} · {s.wall_s:.1f}s"
+    )
+    console.print(f"  episodes written to {s.out}")
 
 
 # ---------------------------------------------------------------- commands are added above

@@ -1,0 +1,142 @@
+"""The sandbox ASGI app: route modules under a fault-injecting, request-counting layer.
+
+Route modules (chat.py now; files and fine-tuning later) each contribute `routes(state)`; faults
+apply to any path, so new endpoints get them for free. The fault layer is plain ASGI because two
+faults cannot be expressed as a Response: `slow` holds the request (until the client gives up),
+and `disconnect` closes the socket with no response at all. For the latter the app returns a
+non-None value before starting a response: every uvicorn HTTP protocol then closes the transport
+without writing anything (and logs it, which `_DropFilter` silences).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rmft_api.sandbox import chat
+from rmft_api.sandbox.replies import fault_reply
+from rmft_api.sandbox.state import SandboxState
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[Any]]
+
+DROP = "rmft-sandbox:drop-connection"
+
+
+class _DropFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.args, tuple) and DROP in record.args)
+
+
+logging.getLogger("uvicorn.error").addFilter(_DropFilter())
+
+
+def build_app(state: SandboxState) -> ASGIApp:
+    """The whole sandbox as one ASGI callable."""
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(state.snapshot())
+
+    routes: list[Any] = [
+        Route("/health", health, methods=["GET"]),
+        Route("/sandbox/stats", stats, methods=["GET"]),
+        *chat.routes(state),
+    ]
+    inner = Starlette(routes=routes)
+    inner.state.sandbox = state
+    return FaultLayer(inner, state)
+
+
+class FaultLayer:
+    """Numbers each request, injects its fault if the plan says so, counts response codes."""
+
+    def __init__(self, app: ASGIApp, state: SandboxState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path: str = scope["path"]
+        self.state.requests[path] += 1
+        _, rule = self.state.faults.decide(path)
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.state.responses[int(message["status"])] += 1
+            await send(message)
+
+        if rule is None:
+            return await self.app(scope, receive, counting_send)
+        if rule.fault == "disconnect":
+            self.state.dropped += 1
+            return DROP
+        body, replay = await _buffer_body(receive)
+        if rule.fault == "slow":
+            if await _disconnected_within(receive, rule.delay_s):
+                return None  # the client gave up (its timeout): nothing to answer
+            return await self.app(scope, replay, counting_send)
+        reply = fault_reply(rule, model=_model_of(body), api_key=_bearer(scope))
+        await reply(scope, replay, counting_send)
+        return None
+
+
+async def _buffer_body(receive: Receive) -> tuple[bytes, Receive]:
+    """Read the whole request body; return it and a `receive` that replays it once."""
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+async def _disconnected_within(receive: Receive, seconds: float) -> bool:
+    try:
+        message = await asyncio.wait_for(receive(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return bool(message["type"] == "http.disconnect")
+
+
+def _model_of(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "the model"
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else "the model"
+
+
+def _bearer(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            return bytes(value).decode("latin-1").removeprefix("Bearer ").strip()
+    return ""
