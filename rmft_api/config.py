@@ -257,6 +257,15 @@ class OpenAITrainerConfig(Section):
     """
 
     kind: Literal["openai"] = "openai"
+    init_from: Literal["previous", "base"] = Field(
+        default="previous",
+        description="previous: fine-tune the current ft: model again; base: fine-tune the base "
+        "model every iteration (STaR / ReST-EM style).",
+    )
+    accumulate: bool = Field(
+        default=False,
+        description="Train on all iterations' selected data so far, not this iteration's only.",
+    )
     n_epochs: int | Literal["auto"] = Field(
         default="auto", description="Epochs over the file; auto = OpenAI's rule from its size."
     )
@@ -385,6 +394,69 @@ class BudgetConfig(Section):
     )
 
 
+class SelectionConfig(Section):
+    """Which episodes become training data (selection.py). Only complete episodes compete."""
+
+    k: int = Field(default=2, ge=1, description="Lowest-regret episodes kept per scenario.")
+    mode: Literal["per_scenario", "global_quantile"] = Field(
+        default="per_scenario",
+        description="per_scenario: the k lowest of each scenario's L rollouts (ties by rollout "
+        "index); global_quantile: every episode at or below the `quantile` of all regrets.",
+    )
+    quantile: float = Field(
+        default=0.25, gt=0, le=1, description="global_quantile: share of regrets kept."
+    )
+    drop_fallback: bool = Field(
+        default=True,
+        description="Drop episodes with any fallback or forfeit step (actions the model did not "
+        "choose would otherwise be trained on).",
+    )
+    suffix_failure_before: int | None = Field(
+        default=None,
+        ge=1,
+        description="Bandits: drop episodes that never play the best arm from this round on "
+        "(a suffix failure starting before round t0); None = off.",
+    )
+    baseline: Literal["ucb1", "thompson"] | None = Field(
+        default=None,
+        description="Drop episodes whose regret exceeds this classic agent's on the same draws "
+        "times `baseline_factor`; None = off.",
+    )
+    baseline_factor: float = Field(
+        default=1.0, gt=0, description="Multiplier of the baseline agent's regret."
+    )
+
+
+class IterationsConfig(Section):
+    """The outer loop of Iterative RMFT."""
+
+    count: int = Field(default=3, ge=1, le=1000, description="Fine-tuning iterations N.")
+    fresh_scenarios: bool = Field(
+        default=True,
+        description="Each iteration draws new training scenarios (indices i·M … i·M+M−1); "
+        "false = the same M scenarios every iteration.",
+    )
+
+
+class EvalConfig(Section):
+    """Held-out evaluation of every iteration's policy (evaluate.py)."""
+
+    scenarios: int = Field(
+        default=64, ge=0, description="Held-out scenarios (seeds disjoint from training)."
+    )
+    rollouts_per_scenario: int = Field(default=1, ge=1, description="Episodes per scenario.")
+    baselines: list[str] = Field(
+        default_factory=lambda: ["ucb1", "thompson", "greedy", "uniform"],
+        description="Classic agents run on the same held-out draws.",
+    )
+    temperature: float | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description="Sampling temperature for evaluation; None = policy's.",
+    )
+
+
 class RunConfig(Section):
     """Identity and seeding of a run."""
 
@@ -405,6 +477,9 @@ class Config(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    iterations: IterationsConfig = Field(default_factory=IterationsConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     trainer: TrainerConfig = Field(
         default_factory=OpenAITrainerConfig,
         description='Fine-tuning backend: kind = "openai" | "lora".',

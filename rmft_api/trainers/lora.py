@@ -1,0 +1,357 @@
+"""Local LoRA fine-tuning (transformers + peft) as a subprocess that writes its own status.
+
+`LocalLoraTrainer.submit` writes `job.json` (a `LoraJobSpec`) into the job directory and starts
+`python -m rmft_api.trainers.lora --job <job.json>` — the same entry point runs under
+`accelerate launch` or `torchrun` (config `launcher`). The process writes `status.json`
+atomically; `poll` reads it. A process that died without writing a final status (killed, OOM) is
+restarted on the next poll and resumes from its last checkpoint, up to `max_restarts` times.
+A subprocess frees the accelerator when it ends, isolates crashes, and keeps torch out of the
+orchestrating process: this module imports no torch.
+
+Job directory (`<out_dir>-job/` next to the adapter, e.g. `iter-003/adapter-job/`): `job.json`,
+`status.json`, `process.json`, `train.log`, `checkpoints/step-N/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rmft_api.config import LoraTrainerConfig
+from rmft_api.errors import StateError, TrainingError
+from rmft_api.models.loading import DtypeName
+from rmft_api.schema import JobProgress, JobRef
+from rmft_api.store import read_json, write_json_atomic
+from rmft_api.trainers.base import JobFailedError, is_terminal
+from rmft_api.trainers.lora_job import (
+    ENTRY_MODULE,
+    LoraJobSpec,
+    LoraProcess,
+    LoraStatus,
+    file_sha256,
+    list_checkpoints,
+    main,
+)
+
+__all__ = ["LocalLoraTrainer", "job_dir_for", "main", "merge_adapter", "parse_hf_spec"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_hf_spec(spec: str) -> tuple[str, str | None]:
+    """`hf/<dir>[+<adapter-dir>]` or a plain directory → (model dir, adapter dir or None)."""
+    prefix = spec.split("/", 1)[0]
+    if prefix in ("openai", "agent", "scripted"):
+        raise TrainingError(
+            f"the local LoRA trainer trains local models; policy {spec!r} is not one "
+            '(use hf/<dir>, or [trainer] kind = "openai" for OpenAI models)'
+        )
+    body = spec.removeprefix("hf/")
+    base, sep, adapter = body.partition("+")
+    if not base or (sep and not adapter):
+        raise TrainingError(f"cannot train from policy {spec!r}: expected hf/<dir>[+<adapter>]")
+    return base, adapter or None
+
+
+def job_dir_for(out_dir: Path) -> Path:
+    return out_dir.parent / f"{out_dir.name}-job"
+
+
+class LocalLoraTrainer:
+    """The `Trainer` protocol over a local LoRA training subprocess."""
+
+    def __init__(
+        self,
+        config: LoraTrainerConfig,
+        *,
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
+        cancel_grace_s: float = 10.0,
+    ) -> None:
+        """`env` replaces the child's environment (default: this process's)."""
+        self.config = config
+        self._python = python
+        self._env = dict(os.environ if env is None else env)
+        self._cancel_grace_s = cancel_grace_s
+        self._children: dict[str, subprocess.Popen[bytes]] = {}  # reaped on poll
+
+    # ---------------------------------------------------------------- protocol
+
+    def submit(
+        self, train_file: Path, *, base_policy: str, iteration: int, out_dir: Path
+    ) -> JobRef:
+        """Start training, or re-attach to the job already started for these same inputs."""
+        spec = self._make_spec(
+            train_file, base_policy=base_policy, iteration=iteration, out_dir=out_dir
+        )
+        job_dir = Path(spec.job_dir)
+        ref = JobRef(
+            backend="lora",
+            job_id=spec.job_id,
+            status="queued",
+            iteration=iteration,
+            base_policy=base_policy,
+            train_file=str(train_file),
+            train_file_sha256=spec.train_file_sha256,
+            job_dir=str(job_dir),
+            out_dir=str(out_dir),
+            created_at=time.time(),
+        )
+        existing = self._read_spec(job_dir)
+        if existing is not None and existing.job_id == spec.job_id:
+            status = self._read_status(job_dir)
+            lost = (
+                status is not None
+                and status.status == "succeeded"
+                and not (out_dir / "adapter_config.json").is_file()
+            )
+            if status is None or status.status in ("failed", "cancelled") or lost:
+                self._launch(spec, restarts=0)  # a new attempt resumes from any checkpoint
+            return self.poll(ref)
+        if existing is not None:
+            # Another job (other data or settings) used this directory: it must not keep
+            # writing checkpoints into ours.
+            self._stop(job_dir, existing.job_id)
+            log.warning("replacing job %s in %s with %s", existing.job_id, job_dir, spec.job_id)
+            _clear_job_dir(job_dir)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(job_dir / "job.json", spec)
+        self._launch(spec, restarts=0)
+        return ref
+
+    def poll(self, ref: JobRef) -> JobRef:
+        """Read status.json; restart a process that died mid-training (it resumes)."""
+        job_dir = self._job_dir(ref)
+        alive = self._alive(ref.job_id, job_dir)  # before reading: a final status may race in
+        status = self._read_status(job_dir)
+        if status is None:
+            raise StateError(f"{job_dir}: no status.json; was job {ref.job_id} submitted here?")
+        if not is_terminal(status.status) and not alive:
+            status = self._restart_or_fail(job_dir, status)
+        updated = ref.model_copy(
+            update={
+                "status": status.status,
+                "error": status.error,
+                "trained_tokens": status.trained_tokens,
+                "progress": JobProgress(
+                    step=status.step,
+                    total_steps=status.total_steps,
+                    loss=status.loss,
+                    tokens_per_s=status.tokens_per_s,
+                ),
+                "checkpoints": [str(p) for p in list_checkpoints(job_dir)],
+            }
+        )
+        if status.status == "succeeded":
+            spec = read_json(job_dir / "job.json", LoraJobSpec)
+            updated = updated.model_copy(
+                update={"result_policy": f"hf/{spec.policy_base}+{ref.out_dir or spec.out_dir}"}
+            )
+        if status.status == "failed":
+            raise JobFailedError(f"local LoRA job {ref.job_id} failed: {status.error}", ref=updated)
+        return updated
+
+    def cancel(self, ref: JobRef) -> JobRef:
+        job_dir = self._job_dir(ref)
+        self._stop(job_dir, ref.job_id)
+        status = self._read_status(job_dir)
+        if status is not None and is_terminal(status.status):
+            return ref.model_copy(update={"status": status.status, "error": status.error})
+        cancelled = LoraStatus(
+            job_id=ref.job_id,
+            status="cancelled",
+            step=status.step if status else 0,
+            total_steps=status.total_steps if status else None,
+            error="cancelled by the user",
+            updated_at=time.time(),
+        )
+        write_json_atomic(job_dir / "status.json", cancelled)
+        return ref.model_copy(update={"status": "cancelled", "error": cancelled.error})
+
+    # ---------------------------------------------------------------- spec and launch
+
+    def _make_spec(
+        self, train_file: Path, *, base_policy: str, iteration: int, out_dir: Path
+    ) -> LoraJobSpec:
+        if not train_file.is_file():
+            raise TrainingError(f"training file not found: {train_file}")
+        policy_base, policy_adapter = parse_hf_spec(base_policy)
+        base_model = policy_base
+        if self.config.base_model is not None:
+            base_model = parse_hf_spec(self.config.base_model)[0]
+        init_adapter = policy_adapter if self.config.init_from == "previous" else None
+        if init_adapter is not None and Path(base_model).resolve() != Path(policy_base).resolve():
+            raise TrainingError(
+                f"init_from = 'previous' continues the adapter of {base_policy!r}, which was "
+                f"trained on {policy_base!r}, not on trainer.base_model {base_model!r}"
+            )
+        seed = int(np.random.SeedSequence([self.config.seed, iteration]).generate_state(1)[0])
+        sha = file_sha256(train_file)
+        identity = "|".join(
+            [
+                sha,
+                str(Path(base_model).resolve()),
+                str(init_adapter and Path(init_adapter).resolve()),
+                str(out_dir.resolve()),
+                str(seed),
+                self.config.model_dump_json(),
+            ]
+        )
+        job_id = f"lora-it{iteration:03d}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+        return LoraJobSpec(
+            job_id=job_id,
+            iteration=iteration,
+            train_file=str(train_file.resolve()),
+            train_file_sha256=sha,
+            base_model=str(Path(base_model).resolve()),
+            policy_base=base_model,
+            init_adapter=str(Path(init_adapter).resolve()) if init_adapter else None,
+            out_dir=str(out_dir.resolve()),
+            job_dir=str(job_dir_for(out_dir).resolve()),
+            seed=seed,
+            config=self.config,
+        )
+
+    def command(self, job_file: Path) -> list[str]:
+        """The command line that runs one job (under the configured launcher, if any)."""
+        prefix: Sequence[str] = self.config.launcher or [self._python]
+        return [*prefix, "-m", ENTRY_MODULE, "--job", str(job_file)]
+
+    def _launch(self, spec: LoraJobSpec, *, restarts: int) -> None:
+        job_dir = Path(spec.job_dir)
+        queued = LoraStatus(job_id=spec.job_id, status="queued", updated_at=time.time())
+        write_json_atomic(job_dir / "status.json", queued)
+        cmd = self.command(job_dir / "job.json")
+        env = {**self._env, "PYTHONUNBUFFERED": "1"}
+        with (job_dir / "train.log").open("ab") as logf:
+            # A session of its own: cancel signals the whole group (launcher + ranks), and a
+            # Ctrl-C meant for the orchestrator does not kill training (resume re-attaches).
+            proc = subprocess.Popen(
+                cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self._children[spec.job_id] = proc
+        record = LoraProcess(pid=proc.pid, command=cmd, started_at=time.time(), restarts=restarts)
+        write_json_atomic(job_dir / "process.json", record)
+        log.info("started LoRA job %s (pid %d): %s", spec.job_id, proc.pid, " ".join(cmd))
+
+    def _restart_or_fail(self, job_dir: Path, status: LoraStatus) -> LoraStatus:
+        process = self._read_process(job_dir)
+        restarts = process.restarts if process else 0
+        if restarts >= self.config.max_restarts:
+            failed = status.model_copy(
+                update={
+                    "status": "failed",
+                    "error": f"the training process died {restarts + 1} times without "
+                    f"reporting an error (killed? out of memory?); see {job_dir / 'train.log'}",
+                    "updated_at": time.time(),
+                }
+            )
+            write_json_atomic(job_dir / "status.json", failed)
+            return failed
+        log.warning("LoRA job %s: process gone at step %d; restarting", status.job_id, status.step)
+        self._launch(read_json(job_dir / "job.json", LoraJobSpec), restarts=restarts + 1)
+        fresh = self._read_status(job_dir)
+        return fresh if fresh is not None else status
+
+    # ---------------------------------------------------------------- process state
+
+    def _job_dir(self, ref: JobRef) -> Path:
+        if ref.backend != "lora" or ref.job_dir is None:
+            raise StateError(f"job {ref.job_id} is not a local LoRA job (backend {ref.backend})")
+        return Path(ref.job_dir)
+
+    def _alive(self, job_id: str, job_dir: Path) -> bool:
+        child = self._children.get(job_id)
+        if child is not None:
+            if child.poll() is None:  # also reaps it once it has exited
+                return True
+            del self._children[job_id]
+            return False
+        process = self._read_process(job_dir)
+        return process is not None and _pid_runs(process.pid, job_dir / "job.json")
+
+    def _stop(self, job_dir: Path, job_id: str) -> None:
+        """SIGTERM the job's process group, then SIGKILL after the grace period."""
+        process = self._read_process(job_dir)
+        if process is None or not self._alive(job_id, job_dir):
+            return
+        for sig, wait_s in ((signal.SIGTERM, self._cancel_grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and self._alive(job_id, job_dir):
+                time.sleep(0.05)
+            if not self._alive(job_id, job_dir):
+                break
+
+    def _read_spec(self, job_dir: Path) -> LoraJobSpec | None:
+        path = job_dir / "job.json"
+        return read_json(path, LoraJobSpec) if path.is_file() else None
+
+    def _read_status(self, job_dir: Path) -> LoraStatus | None:
+        path = job_dir / "status.json"
+        return read_json(path, LoraStatus) if path.is_file() else None
+
+    def _read_process(self, job_dir: Path) -> LoraProcess | None:
+        path = job_dir / "process.json"
+        return read_json(path, LoraProcess) if path.is_file() else None
+
+
+def _pid_runs(pid: int, job_file: Path) -> bool:
+    """Whether `pid` is a live (not zombie) process running this job; guards against pid reuse."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():  # no procfs (macOS): the signal test is all we have
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X") and str(job_file) in cmdline
+
+
+def _clear_job_dir(job_dir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def merge_adapter(
+    base_model: Path, adapter_dir: Path, out_dir: Path, *, dtype: DtypeName = "float32"
+) -> Path:
+    """Fold an adapter into its base weights (merge_and_unload) and save a standalone model dir
+    with the base's tokenizer, loadable without peft."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rmft_api.models.loading import quiet_progress, resolve_dtype
+
+    torch_dtype = resolve_dtype(dtype, torch.device("cpu"))
+    with quiet_progress():
+        base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch_dtype)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        merged.save_pretrained(out_dir)
+        AutoTokenizer.from_pretrained(str(base_model)).save_pretrained(out_dir)
+    return out_dir
+
+
+if __name__ == "__main__":
+    sys.exit(main())
