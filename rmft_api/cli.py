@@ -413,6 +413,86 @@ def _render_rollout(report: RolloutReport) -> None:
     console.print(f"  episodes written to {s.out}")
 
 
+@app.command()
+def run(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="TOML config; default configs/default.toml.", dir_okay=False),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Run name (dir prefix).")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue this run directory.", file_okay=False)
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Resume even though the config changed.")
+    ] = False,
+) -> None:
+    """Run Iterative RMFT: rollout → select → export → validate → train, per iteration."""
+    from rmft_api.console import RichReporter, render_status
+    from rmft_api.pipeline import Pipeline
+    from rmft_api.run_state import open_run
+    from rmft_api.run_status import run_status
+
+    cfg, run_paths = open_run(config, overrides=set_ or [], name=name, resume=resume, force=force)
+    reporter = RichReporter()
+    reporter.console.print(f"run directory: {run_paths.root}")
+    try:
+        Pipeline(cfg, run_paths, reporter=reporter).run_to_end()
+    finally:
+        reporter.close()
+    render_status(run_status(run_paths))
+    report_md = run_paths.report / "report.md"
+    if report_md.is_file():
+        typer.echo(f"report: {report_md}")
+
+
+@app.command()
+def status(
+    run_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Run directory; default: the latest under runs/.", file_okay=False),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Per iteration: phase, policy, held-out regret ± 95% CI, kept/total, tokens, $, job."""
+    import json
+
+    from rmft_api.console import render_status
+    from rmft_api.errors import StateError
+    from rmft_api.run_status import run_status
+    from rmft_api.store import RunPaths, latest_run
+
+    if run_dir is None:
+        found = latest_run("runs")
+        if found is None:
+            raise StateError("no run under runs/; pass a run directory")
+        paths = found
+    else:
+        paths = RunPaths(run_dir)
+    report = run_status(paths)
+    render_status(report)
+    if json_out:
+        typer.echo(json.dumps(report.model_dump(mode="json")))
+
+
+@app.command()
+def cancel(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.", file_okay=False)],
+) -> None:
+    """Cancel the run's running fine-tuning job and mark the run stopped."""
+    from rmft_api.pipeline import cancel_run
+    from rmft_api.run_state import load_config_of
+    from rmft_api.store import RunPaths
+
+    paths = RunPaths(run_dir)
+    ref = cancel_run(paths, load_config_of(paths))
+    if ref is None:
+        typer.echo(f"{paths.root}: no fine-tuning job to cancel; run marked stopped")
+    else:
+        typer.echo(f"{paths.root}: job {ref.job_id} is {ref.status}; run marked stopped")
+
+
 # ---------------------------------------------------------------- commands are added above
 
 

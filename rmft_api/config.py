@@ -551,7 +551,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def _apply(data: dict[str, Any], path: list[str], value: Any) -> None:
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     node = data
     for part in path[:-1]:
         child = node.setdefault(part, {})
@@ -580,7 +580,7 @@ def load_config(
             raise ConfigError(f"{p}: not UTF-8 text") from e
     for item in overrides:
         keys, value = parse_override(item)
-        _apply(data, keys, value)
+        apply_override(data, keys, value)
     return config_from_dict(data, source=source)
 
 

@@ -184,7 +184,12 @@ class LocalLoraTrainer:
     ) -> LoraJobSpec:
         if not train_file.is_file():
             raise TrainingError(f"training file not found: {train_file}")
-        policy_base, policy_adapter = parse_hf_spec(base_policy)
+        if self.config.base_model is not None and not base_policy.startswith("hf/"):
+            # The episodes came from another kind of policy (a classic agent, an API model):
+            # distil them into a fresh adapter on the configured local base.
+            policy_base, policy_adapter = parse_hf_spec(self.config.base_model)[0], None
+        else:
+            policy_base, policy_adapter = parse_hf_spec(base_policy)
         base_model = policy_base
         if self.config.base_model is not None:
             base_model = parse_hf_spec(self.config.base_model)[0]

@@ -1,0 +1,411 @@
+"""The per-iteration state machine of Iterative RMFT (DESIGN §1).
+
+Iteration i with policy P_i runs EVALUATE (P_i on held-out scenarios) → ROLLOUT → SELECT →
+EXPORT → VALIDATE → TRAIN (→ P_{i+1}); after the last iteration, P_N is evaluated as the
+"final" entry (iter-N/ holds only its evaluation). Every phase writes its outputs durably and
+then advances state.json, so a killed run resumed with `rmft-api run --resume` continues at the
+first unfinished phase: finished episodes are kept, a submitted job is re-attached (the trainer
+makes submit idempotent), a finished adapter is not retrained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from rmft_api.config import Config, LoraTrainerConfig, OpenAITrainerConfig
+from rmft_api.envs.scenarios import Scenario, build_scenarios
+from rmft_api.errors import BudgetError, RmftError, StateError, TrainingError
+from rmft_api.providers.base import Provider
+from rmft_api.rollout_progress import RolloutProgress
+from rmft_api.run_state import Phase, RunState, load_state, save_state, spent_usd
+from rmft_api.schema import Episode, JobRef
+from rmft_api.store import IterationPaths, RunLock, RunPaths, read_json, write_json_atomic
+from rmft_api.trainers.base import JobFailedError, Trainer, is_terminal
+
+log = logging.getLogger(__name__)
+
+ITERATION_PHASES: tuple[Phase, ...] = (
+    "evaluate",
+    "rollout",
+    "select",
+    "export",
+    "validate",
+    "train",
+)
+
+
+class Reporter(Protocol):
+    """What the pipeline tells its caller (the CLI renders it; tests may record it)."""
+
+    def phase(self, iteration: int, phase: Phase, policy: str) -> None: ...
+
+    def rollout(self, progress: RolloutProgress) -> None: ...
+
+    def job(self, ref: JobRef) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    def phase(self, iteration: int, phase: Phase, policy: str) -> None:
+        log.info("iteration %d: %s (%s)", iteration, phase, policy)
+
+    def rollout(self, progress: RolloutProgress) -> None:
+        pass
+
+    def job(self, ref: JobRef) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        log.info("%s", message)
+
+
+def build_trainer(cfg: Config, run: RunPaths) -> Trainer:
+    """The configured fine-tuning backend (heavy modules imported only for the one in use)."""
+    if isinstance(cfg.trainer, LoraTrainerConfig):
+        from rmft_api.trainers.lora import LocalLoraTrainer
+
+        return LocalLoraTrainer(cfg.trainer)
+    from rmft_api.trainers.openai_ft import OpenAIFineTuner
+
+    base_url = getattr(cfg.trainer, "base_url", None) or cfg.policy.base_url
+    return OpenAIFineTuner(
+        cfg.trainer, run_id=run.run_id, state_dir=run.root / "openai", base_url=base_url
+    )
+
+
+def training_scenarios(cfg: Config, iteration: int) -> list[Scenario]:
+    m = cfg.rollout.scenarios
+    start = iteration * m if cfg.iterations.fresh_scenarios else 0
+    return build_scenarios(cfg, split="train", count=m, start=start)
+
+
+@dataclass
+class Pipeline:
+    """Drives one run directory from its current state to the end (or the first error)."""
+
+    cfg: Config
+    run: RunPaths
+    reporter: Reporter = field(default_factory=SilentReporter)
+    poll_interval_s: float = 1.0
+    max_poll_interval_s: float = 15.0
+    _providers: dict[str, Provider] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- driving
+
+    def run_to_end(self) -> RunState:
+        """Hold the run lock and advance phase by phase until done; returns the final state."""
+        with RunLock(self.run.root):
+            return asyncio.run(self._drive())
+
+    async def _drive(self) -> RunState:
+        state = load_state(self.run)
+        if state.status in ("failed", "stopped"):
+            state = state.model_copy(update={"status": "running", "message": None})
+            save_state(self.run, state)
+        try:
+            while state.phase != "done":
+                state = await self._step(state)
+                save_state(self.run, state)
+        except RmftError as e:
+            status: Literal["failed", "stopped"] = (
+                "stopped" if isinstance(e, BudgetError) else "failed"
+            )
+            save_state(self.run, state.model_copy(update={"status": status, "message": str(e)}))
+            raise
+        finally:
+            await self._close_providers()
+        return state
+
+    async def _step(self, state: RunState) -> RunState:
+        i, phase = state.iteration, state.phase
+        self.reporter.phase(i, phase, state.policy)
+        paths = self.run.iteration(i)
+        if phase == "evaluate":
+            await self._evaluate(state, paths)
+            if i >= self.cfg.iterations.count:
+                return state.model_copy(update={"phase": "done", "status": "completed"})
+            return state.model_copy(update={"phase": "rollout"})
+        if phase == "rollout":
+            await self._rollout(state, paths)
+            return state.model_copy(update={"phase": "select"})
+        if phase == "select":
+            self._select(state, paths)
+            return state.model_copy(update={"phase": "export"})
+        if phase == "export":
+            self._export(state, paths)
+            return state.model_copy(update={"phase": "validate"})
+        if phase == "validate":
+            self._validate(state, paths)
+            return state.model_copy(update={"phase": "train"})
+        if phase == "train":
+            await self._close_providers()  # free accelerator memory for the trainer
+            ref = await self._train(state, paths)
+            assert ref.result_policy is not None
+            return state.model_copy(
+                update={
+                    "iteration": i + 1,
+                    "phase": "evaluate",
+                    "policy": ref.result_policy,
+                    "policies": [*state.policies, ref.result_policy],
+                }
+            )
+        raise StateError(f"state.json has an unknown phase {phase!r}")
+
+    # ---------------------------------------------------------------- providers
+
+    def _provider(self, spec: str) -> Provider:
+        if spec not in self._providers:
+            from rmft_api.providers.registry import resolve_policy
+
+            self._providers[spec] = resolve_policy(self.cfg, spec=spec)
+        return self._providers[spec]
+
+    async def _close_providers(self) -> None:
+        providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            await provider.aclose()
+
+    def _budget_left(self) -> float | None:
+        if self.cfg.budget.max_usd is None:
+            return None
+        left = self.cfg.budget.max_usd - spent_usd(self.run)
+        if left <= 0:
+            raise BudgetError(
+                f"budget.max_usd = {self.cfg.budget.max_usd:.2f} is spent; raise it and resume"
+            )
+        return left
+
+    # ---------------------------------------------------------------- phases
+
+    async def _evaluate(self, state: RunState, paths: IterationPaths) -> None:
+        from rmft_api.evaluate import check_disjoint, evaluate_policy, heldout_scenarios
+        from rmft_api.providers.registry import sampling_params
+
+        if paths.metrics.is_file():
+            return
+        if self.cfg.eval.scenarios == 0:
+            return
+        train = [s for j in range(state.iteration + 1) for s in training_scenarios(self.cfg, j)]
+        check_disjoint(train, heldout_scenarios(self.cfg))
+        paths.eval_dir.mkdir(parents=True, exist_ok=True)
+        metrics = await evaluate_policy(
+            self._provider(state.policy),
+            self.cfg,
+            iteration=state.iteration,
+            out=paths.eval_episodes,
+            sampling=sampling_params(self.cfg),
+            progress=self.reporter.rollout,
+            budget_usd=self._budget_left(),
+        )
+        write_json_atomic(paths.metrics, metrics)
+
+    async def _rollout(self, state: RunState, paths: IterationPaths) -> None:
+        from rmft_api.providers.registry import sampling_params
+        from rmft_api.rollout import run_rollouts
+        from rmft_api.rollout_cache import ResponseCache
+
+        paths.root.mkdir(parents=True, exist_ok=True)
+        cache = ResponseCache(paths.root / "cache.jsonl") if self.cfg.rollout.cache else None
+        try:
+            for attempt in range(2):  # a second pass re-runs episodes that ended in an error
+                summary = await run_rollouts(
+                    self._provider(state.policy),
+                    training_scenarios(self.cfg, state.iteration),
+                    cfg=self.cfg,
+                    iteration=state.iteration,
+                    rollouts_per_scenario=self.cfg.rollout.rollouts_per_scenario,
+                    out=paths.episodes,
+                    sampling=sampling_params(self.cfg),
+                    progress=self.reporter.rollout,
+                    cache=cache,
+                    budget_usd=self._budget_left(),
+                )
+                if summary.errors == 0:
+                    break
+                self.reporter.note(
+                    f"{summary.errors} episode(s) ended in errors (pass {attempt + 1}); "
+                    + ("retrying them" if attempt == 0 else "continuing without them")
+                )
+        finally:
+            if cache is not None:
+                cache.close()
+
+    def _episodes(self, iteration: int) -> list[Episode]:
+        from rmft_api.rollout import read_episodes
+
+        path = self.run.iteration(iteration).episodes
+        return [e for e in read_episodes(path) if e.iteration == iteration]
+
+    def _select(self, state: RunState, paths: IterationPaths) -> None:
+        from rmft_api.rollout_report import agent_regret
+        from rmft_api.selection import select_episodes
+        from rmft_api.store import write_text_atomic
+
+        scenarios = {s.scenario_id: s for s in training_scenarios(self.cfg, state.iteration)}
+        baseline = self.cfg.selection.baseline
+        kept, report = select_episodes(
+            self._episodes(state.iteration),
+            self.cfg,
+            scenario_of=lambda e: scenarios[e.scenario_id],
+            baseline_regret=lambda s: agent_regret(baseline or "ucb1", s, self.cfg),
+        )
+        if not kept:
+            raise TrainingError(
+                f"iteration {state.iteration}: selection kept no episode of {report.total} "
+                f"(dropped: {report.dropped}); loosen [selection] or check the policy's replies"
+            )
+        lines = "".join(e.model_dump_json() + "\n" for e in kept)
+        write_text_atomic(paths.selected, lines)
+        write_json_atomic(paths.selection, report)
+
+    def _training_episodes(self, iteration: int) -> list[Episode]:
+        from rmft_api.store import read_jsonl
+
+        accumulate = self.cfg.trainer.accumulate
+        first = 0 if accumulate else iteration
+        episodes: list[Episode] = []
+        for j in range(first, iteration + 1):
+            episodes.extend(read_jsonl(self.run.iteration(j).selected, Episode))
+        return episodes
+
+    def _export(self, state: RunState, paths: IterationPaths) -> None:
+        from rmft_api.datasets import write_train_jsonl
+
+        card = write_train_jsonl(
+            self._training_episodes(state.iteration),
+            paths.train,
+            mode=self.cfg.export.mode,
+            mask_ambiguous=self.cfg.export.mask_ambiguous,
+            thresholds=self.cfg.selection.model_dump(mode="json"),
+            model=self._train_model_name(state),
+            tokenizer_dir=self._tokenizer_dir(state),
+        )
+        if card.n_examples == 0:
+            raise TrainingError(
+                f"iteration {state.iteration}: no training example survived export "
+                f"(dropped: {card.dropped})"
+            )
+        write_json_atomic(paths.data_card, card)
+
+    def _train_model_name(self, state: RunState) -> str:
+        spec = self._base_policy(state)
+        return spec.split("/", 1)[1] if spec.startswith("openai/") else spec
+
+    def _tokenizer_dir(self, state: RunState) -> str | None:
+        if self.cfg.export.tokenizer_dir is not None:
+            return self.cfg.export.tokenizer_dir
+        if state.policy.startswith("hf/"):
+            return state.policy.removeprefix("hf/").split("+", 1)[0]
+        return None
+
+    def _base_policy(self, state: RunState) -> str:
+        """What the next job trains from: the current policy, or P_0 with init_from = base
+        (the LoRA trainer reads init_from itself and takes the base from the policy spec)."""
+        if self.cfg.trainer.init_from == "base" and self.cfg.trainer.kind == "openai":
+            return state.policies[0]
+        return state.policy
+
+    def _validate(self, state: RunState, paths: IterationPaths) -> None:
+        from rmft_api.validation import validate_file
+
+        openai = self.cfg.trainer.kind == "openai"
+        n_epochs: int | Literal["auto"] = "auto"
+        if isinstance(self.cfg.trainer, OpenAITrainerConfig):
+            n_epochs = self.cfg.trainer.n_epochs
+        report = validate_file(
+            paths.train,
+            model=self._train_model_name(state),
+            max_tokens_per_example=self.cfg.export.max_tokens_per_example,
+            min_examples=10 if openai else 1,
+            tokenizer_dir=self._tokenizer_dir(state),
+            n_epochs=n_epochs,
+        )
+        write_json_atomic(paths.validation, report)
+        if not report.ok:
+            first = "; ".join(f"line {p.line}: {p.rule}" for p in report.problems[:5])
+            raise TrainingError(
+                f"iteration {state.iteration}: {paths.train} failed validation ({first}); "
+                f"see {paths.validation}"
+            )
+        if openai and self.cfg.budget.max_usd is not None and report.cost is not None:
+            from rmft_api.costs import check_budget
+
+            check_budget(report.cost.training_usd, spent_usd(self.run), self.cfg.budget.max_usd)
+
+    async def _train(self, state: RunState, paths: IterationPaths) -> JobRef:
+        trainer = build_trainer(self.cfg, self.run)
+        if paths.job.is_file():
+            ref = read_json(paths.job, JobRef)
+            if ref.status == "succeeded" and ref.result_policy:
+                return ref
+            if ref.status == "cancelled":
+                raise TrainingError(
+                    f"iteration {state.iteration}: job {ref.job_id} was cancelled; "
+                    f"delete {paths.job} and resume to train again"
+                )
+        # submit is idempotent: it re-attaches to the job these inputs already started.
+        ref = await asyncio.to_thread(
+            trainer.submit,
+            paths.train,
+            base_policy=self._base_policy(state),
+            iteration=state.iteration,
+            out_dir=paths.adapter,
+        )
+        write_json_atomic(paths.job, ref)
+        return await self._wait(trainer, ref, paths, state.iteration)
+
+    async def _wait(
+        self, trainer: Trainer, ref: JobRef, paths: IterationPaths, iteration: int
+    ) -> JobRef:
+        delay = self.poll_interval_s
+        last = ref.model_dump_json()
+        while True:
+            try:
+                ref = await asyncio.to_thread(trainer.poll, ref)
+            except JobFailedError as e:
+                write_json_atomic(paths.job, e.ref)
+                raise TrainingError(f"iteration {iteration}: fine-tuning failed: {e}") from e
+            now = ref.model_dump_json()
+            if now != last:
+                write_json_atomic(paths.job, ref)
+                self.reporter.job(ref)
+                last, delay = now, self.poll_interval_s
+            if ref.status == "succeeded":
+                if not ref.result_policy:
+                    raise TrainingError(f"job {ref.job_id} succeeded without a result model")
+                return ref
+            if ref.status == "cancelled":
+                raise TrainingError(f"iteration {iteration}: job {ref.job_id} was cancelled")
+            if is_terminal(ref.status):
+                raise TrainingError(f"iteration {iteration}: job ended as {ref.status}")
+            await asyncio.sleep(delay)
+            delay = min(self.max_poll_interval_s, delay * 1.5)
+
+
+def cancel_run(run: RunPaths, cfg: Config) -> JobRef | None:
+    """Cancel the current iteration's fine-tuning job (if any) and mark the run stopped."""
+    state = load_state(run)
+    paths = run.iteration(state.iteration)
+    ref: JobRef | None = None
+    if paths.job.is_file():
+        ref = read_json(paths.job, JobRef)
+        if not is_terminal(ref.status):
+            ref = build_trainer(cfg, run).cancel(ref)
+            write_json_atomic(paths.job, ref)
+    save_state(run, state.model_copy(update={"status": "stopped", "message": "cancelled by user"}))
+    return ref
+
+
+__all__ = [
+    "ITERATION_PHASES",
+    "Pipeline",
+    "Reporter",
+    "SilentReporter",
+    "build_trainer",
+    "cancel_run",
+    "training_scenarios",
+]

@@ -1,0 +1,197 @@
+"""run.json and state.json: what a run is (resolved config, hash, versions) and where it stands."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from rmft_api import __version__
+from rmft_api.config import Config, config_from_dict
+from rmft_api.errors import StateError
+from rmft_api.schema import SCHEMA_VERSION, Episode, JobRef, Record
+from rmft_api.store import RunPaths, read_json, read_jsonl, write_json_atomic
+
+Phase = Literal["evaluate", "rollout", "select", "export", "validate", "train", "done"]
+RunStatus = Literal["running", "completed", "failed", "stopped"]
+
+
+class RunInfo(Record):
+    """run.json: written once when the run is created. Holds no secrets (none are config)."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    created_at: float
+    config: dict[str, Any]  # the resolved config tree
+    config_hash: str
+    config_source: str | None
+    package_version: str
+    git_sha: str | None
+
+
+class RunState(Record):
+    """state.json: replaced atomically after every phase."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    iteration: int = 0
+    phase: Phase = "evaluate"
+    policy: str  # P_iteration, the policy this iteration plays
+    policies: list[str]  # P_0 … P_iteration
+    status: RunStatus = "running"
+    message: str | None = None
+    updated_at: float = Field(default_factory=time.time)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def init_run(run: RunPaths, cfg: Config, *, source: str | None) -> RunState:
+    """Write run.json and the first state.json of a new run directory."""
+    info = RunInfo(
+        run_id=run.run_id,
+        created_at=time.time(),
+        config=cfg.model_dump(mode="json"),
+        config_hash=cfg.hash(),
+        config_source=source,
+        package_version=__version__,
+        git_sha=_git_sha(),
+    )
+    write_json_atomic(run.run_json, info)
+    state = RunState(run_id=run.run_id, policy=cfg.policy.spec, policies=[cfg.policy.spec])
+    save_state(run, state)
+    return state
+
+
+def load_info(run: RunPaths) -> RunInfo:
+    if not run.run_json.is_file():
+        raise StateError(f"{run.root} is not a run directory (no run.json)")
+    return read_json(run.run_json, RunInfo)
+
+
+def load_config_of(run: RunPaths) -> Config:
+    return config_from_dict(load_info(run).config, source=str(run.run_json))
+
+
+def load_state(run: RunPaths) -> RunState:
+    if not run.state_json.is_file():
+        raise StateError(f"{run.root} has no state.json; it was never started")
+    return read_json(run.state_json, RunState)
+
+
+def save_state(run: RunPaths, state: RunState) -> None:
+    write_json_atomic(run.state_json, state.model_copy(update={"updated_at": time.time()}))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def config_differences(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ, e.g. ["env.horizon: 100 → 200"]."""
+    a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    return [
+        f"{key}: {a.get(key)!r} → {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]
+
+
+def spent_usd(run: RunPaths) -> float:
+    """Dollars spent so far, from what is on disk: every episode's usage plus billed training."""
+    from rmft_api.providers.pricing import PriceTable
+
+    total = 0.0
+    prices = PriceTable()
+    for i in run.iterations():
+        paths = run.iteration(i)
+        for path in (paths.episodes, paths.eval_episodes):
+            if path.is_file():
+                total += sum(e.usage.cost_usd for e in read_jsonl(path, Episode))
+        if paths.job.is_file():
+            ref = read_json(paths.job, JobRef)
+            if ref.backend == "openai" and ref.trained_tokens:
+                model = ref.base_policy.removeprefix("openai/")
+                total += prices.training_cost(model, tokens=ref.trained_tokens)
+    return total
+
+
+def default_config_path() -> Path | None:
+    """configs/default.toml of the source tree, when present (the embedded default)."""
+    candidate = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+    return candidate if candidate.is_file() else None
+
+
+def open_run(
+    config_path: str | Path | None,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    name: str | None = None,
+    resume: str | Path | None = None,
+    force: bool = False,
+) -> tuple[Config, RunPaths]:
+    """A new run directory for a config, or an existing one to resume.
+
+    Resuming with a config file or overrides compares them with run.json and refuses any
+    difference (listing the keys) unless `force`.
+    """
+    from rmft_api.config import load_config
+    from rmft_api.store import create_run_dir
+
+    if resume is not None:
+        run = RunPaths(Path(resume))
+        stored = load_config_of(run)
+        if config_path is None and not overrides:
+            return stored, run
+        if config_path is None:
+            from rmft_api.config import apply_override, parse_override
+
+            data = stored.model_dump(mode="json")
+            for item in overrides:
+                keys, value = parse_override(item)
+                apply_override(data, keys, value)
+            new = config_from_dict(data, source="--set")
+        else:
+            new = load_config(config_path, overrides=overrides)
+        diff = config_differences(stored, new)
+        if diff and not force:
+            raise StateError(
+                f"the config differs from the one {run.root} was started with: "
+                + "; ".join(diff)
+                + " (resume without a config to keep the original, or pass --force)"
+            )
+        if diff:
+            info = load_info(run)
+            write_json_atomic(
+                run.run_json,
+                info.model_copy(
+                    update={"config": new.model_dump(mode="json"), "config_hash": new.hash()}
+                ),
+            )
+        return new, run
+    path = config_path if config_path is not None else default_config_path()
+    cfg = load_config(path, overrides=overrides)
+    run_name = name or cfg.run.name or (Path(path).stem if path is not None else "run")
+    run = create_run_dir(cfg.run.runs_dir, run_name)
+    init_run(run, cfg, source=str(path) if path is not None else None)
+    return cfg, run
