@@ -250,10 +250,9 @@ class RolloutConfig(Section):
 
 
 class OpenAITrainerConfig(Section):
-    """Fine-tuning through the OpenAI API (or an OpenAI-compatible service at `policy.base_url`).
-
-    These are the job's supervised hyperparameters and naming; upload, polling and metadata
-    settings are added by the issue that implements this backend (trainers/openai_ft.py).
+    """Fine-tuning through the OpenAI API or any OpenAI-compatible fine-tuning service
+    (trainers/openai_ft.py): the job's supervised hyperparameters and naming, where it is sent,
+    and how it is polled. The API key comes only from the environment (`api_key_env`).
     """
 
     kind: Literal["openai"] = "openai"
@@ -280,6 +279,42 @@ class OpenAITrainerConfig(Section):
         max_length=64,
         description="Up to 64 characters put into the fine-tuned model's name "
         "(ft:...:<suffix>:id).",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="Fine-tuning endpoint (any OpenAI-compatible service); None = policy.base_url, "
+        "else api.openai.com.",
+    )
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY", description="Environment variable holding the API key."
+    )
+    seed: int = Field(
+        default=0, ge=0, description="Job seed, mixed with the iteration (reproducible jobs)."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(
+        default=6,
+        ge=0,
+        description="Retries of a transient failure of a read (retrieve, list, events). Creates "
+        "are never retried blindly: the object is looked up first.",
+    )
+    create_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Tries of an upload or job create that timed out / failed transiently, each "
+        "after a lookup found nothing on the server.",
+    )
+    poll_interval_s: float = Field(
+        default=10.0, gt=0, description="First wait between polls of a running job."
+    )
+    max_poll_interval_s: float = Field(
+        default=120.0, gt=0, description="Cap of the backoff between polls (×1.5 while idle)."
+    )
+    lookup_window: int = Field(
+        default=500,
+        ge=1,
+        description="Most recent jobs / files scanned when looking for one created before a "
+        "timeout or crash (servers ignoring the metadata filter are filtered client-side).",
     )
 
 

@@ -1,11 +1,13 @@
 """The sandbox ASGI app: route modules under a fault-injecting, request-counting layer.
 
-Route modules (chat.py now; files and fine-tuning later) each contribute `routes(state)`; faults
-apply to any path, so new endpoints get them for free. The fault layer is plain ASGI because two
-faults cannot be expressed as a Response: `slow` holds the request (until the client gives up),
-and `disconnect` closes the socket with no response at all. For the latter the app returns a
-non-None value before starting a response: every uvicorn HTTP protocol then closes the transport
-without writing anything (and logs it, which `_DropFilter` silences).
+Route modules (chat.py, files.py, finetune.py) each contribute `routes(state)`; faults apply to
+any path, so new endpoints get them for free. The fault layer is plain ASGI because three faults
+cannot be expressed as a Response: `slow` holds the request (until the client gives up),
+`late_reply` carries the request out and then holds its reply (a create that succeeded on the
+server while the client timed out), and `disconnect` closes the socket with no response at all.
+For the latter the app returns a non-None value before starting a response: every uvicorn HTTP
+protocol then closes the transport without writing anything (and logs it, which `_DropFilter`
+silences).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rmft_api.sandbox import chat
+from rmft_api.sandbox import chat, files, finetune
 from rmft_api.sandbox.replies import fault_reply
 from rmft_api.sandbox.state import SandboxState
 
@@ -55,6 +57,8 @@ def build_app(state: SandboxState) -> ASGIApp:
         Route("/health", health, methods=["GET"]),
         Route("/sandbox/stats", stats, methods=["GET"]),
         *chat.routes(state),
+        *files.routes(state),
+        *finetune.routes(state),
     ]
     inner = Starlette(routes=routes)
     inner.state.sandbox = state
@@ -73,7 +77,7 @@ class FaultLayer:
             return await self.app(scope, receive, send)
         path: str = scope["path"]
         self.state.requests[path] += 1
-        _, rule = self.state.faults.decide(path)
+        _, rule = self.state.faults.decide(path, scope.get("method"))
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -90,6 +94,18 @@ class FaultLayer:
             if await _disconnected_within(receive, rule.delay_s):
                 return None  # the client gave up (its timeout): nothing to answer
             return await self.app(scope, replay, counting_send)
+        if rule.fault == "late_reply":
+            held: list[Message] = []
+
+            async def hold(message: Message) -> None:
+                held.append(message)
+
+            await self.app(scope, replay, hold)
+            if await _client_left_within(replay, rule.delay_s):
+                return None  # done on the server, but the client never hears of it
+            for message in held:
+                await counting_send(message)
+            return None
         reply = fault_reply(rule, model=_model_of(body), api_key=_bearer(scope))
         await reply(scope, replay, counting_send)
         return None
@@ -124,6 +140,16 @@ async def _disconnected_within(receive: Receive, seconds: float) -> bool:
     except TimeoutError:
         return False
     return bool(message["type"] == "http.disconnect")
+
+
+async def _client_left_within(receive: Receive, seconds: float) -> bool:
+    """Like `_disconnected_within`, but skips body messages the app left unread."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        if await _disconnected_within(receive, left):
+            return True
+    return False
 
 
 def _model_of(body: bytes) -> str:

@@ -3,7 +3,9 @@
 A plan is a list of rules; the first rule matching a request decides its fault. A rule matches
 by request number on its path (`at`, 1-based), by period (`every`), by probability (`rate`,
 drawn from the plan's seeded Generator, one draw per rate rule per request so the sequence is
-reproducible), or always when none of these is given; `times` caps how often it fires.
+reproducible), or always when none of these is given; `times` caps how often it fires; `method`
+restricts it to one HTTP method (a create, not the list on the same path). `jobs` rules make
+fine-tuning jobs fail on the server, by creation order (sandbox/ft_jobs.py).
 
 File format (JSON or TOML), e.g. TOML:
 
@@ -15,6 +17,14 @@ File format (JSON or TOML), e.g. TOML:
     [[rules]]
     fault = "server_error"
     rate = 0.1
+    [[rules]]
+    fault = "late_reply"          # the job is created, the client times out
+    path = "/v1/fine_tuning/jobs"
+    method = "POST"
+    times = 1
+    [[jobs]]
+    fault = "job_failed"
+    at = [2]
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ FaultKind = Literal[
     "server_error",  # 500
     "unavailable",  # 503 overloaded
     "slow",  # the reply is held for delay_s (longer than the client's timeout)
+    "late_reply",  # the request is carried out, then its reply held for delay_s (the server
+    # created the object; the client timed out and never learnt its id)
     "disconnect",  # the socket is closed with no response at all
     "malformed",  # 200 with a truncated JSON body
     "unauthorized",  # 401 invalid_api_key, echoing the key it got (to test scrubbing)
@@ -55,6 +67,11 @@ class FaultRule(BaseModel):
 
     fault: FaultKind
     path: str = Field(default=CHAT_PATH, description="Request path the rule applies to.")
+    method: str | None = Field(
+        default=None,
+        description="HTTP method it applies to (e.g. POST); None = any. `at` and "
+        "`every` still count every request on the path.",
+    )
     at: list[int] = Field(default_factory=list, description="1-based request numbers on path.")
     every: int | None = Field(default=None, ge=1, description="Every n-th request on path.")
     rate: float | None = Field(default=None, ge=0, le=1, description="Probability per request.")
@@ -62,10 +79,28 @@ class FaultRule(BaseModel):
     retry_after_s: float | None = Field(
         default=None, ge=0, description="rate_limit/unavailable: Retry-After to send."
     )
-    delay_s: float = Field(default=30.0, ge=0, description="slow: how long the reply is held.")
+    delay_s: float = Field(
+        default=30.0, ge=0, description="slow / late_reply: how long the reply is held."
+    )
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra response headers, e.g. x-ratelimit-reset-*."
     )
+
+
+class JobFaultRule(BaseModel):
+    """A fine-tuning job that goes wrong on the server (sandbox/ft_jobs.py), by creation order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fault: Literal["invalid_file", "job_failed"] = Field(
+        description="invalid_file: fails while validating_files (code invalid_training_file); "
+        "job_failed: fails while running."
+    )
+    at: list[int] = Field(
+        default_factory=list, description="1-based job numbers (creation order); empty = all."
+    )
+    code: str | None = Field(default=None, description="error.code; None = the fault's usual.")
+    message: str | None = Field(default=None, description="error.message; None = a default.")
 
 
 class FaultPlan(BaseModel):
@@ -73,6 +108,9 @@ class FaultPlan(BaseModel):
 
     seed: int = Field(default=0, ge=0, description="Seed of the rate draws.")
     rules: list[FaultRule] = Field(default_factory=list)
+    jobs: list[JobFaultRule] = Field(
+        default_factory=list, description="Fine-tuning jobs that fail on the server."
+    )
 
 
 def load_fault_plan(path: str | Path) -> FaultPlan:
@@ -101,7 +139,7 @@ class FaultInjector:
         self._fired: Counter[int] = Counter()  # by rule index
         self.injected: Counter[str] = Counter()  # by fault kind
 
-    def decide(self, path: str) -> tuple[int, FaultRule | None]:
+    def decide(self, path: str, method: str | None = None) -> tuple[int, FaultRule | None]:
         """(this request's 1-based number on `path`, the fault rule it triggers or None)."""
         self._seen[path] += 1
         n = self._seen[path]
@@ -112,6 +150,8 @@ class FaultInjector:
             # Draw for every rate rule, matched or not, so draws do not depend on other rules.
             hit_by_rate = rule.rate is not None and float(self._rng.random()) < rule.rate
             if chosen is not None or (rule.times is not None and self._fired[i] >= rule.times):
+                continue
+            if rule.method is not None and (method or "").upper() != rule.method.upper():
                 continue
             unconditional = not rule.at and rule.every is None and rule.rate is None
             if (

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from rmft_api.errors import ConfigError
 from rmft_api.providers.base import Provider
 from rmft_api.sandbox.faults import FaultInjector, FaultPlan
+from rmft_api.sandbox.files import FileStore
+from rmft_api.sandbox.ft_jobs import FineTuningJobs
+from rmft_api.sandbox.ft_objects import FineTuneSettings
 from rmft_api.sandbox.ratelimit import ServerRateLimiter
 
 MAX_ARRIVALS_KEPT = 10_000
@@ -37,6 +40,7 @@ class SandboxSettings(BaseModel):
     )
     default_max_tokens: int = Field(default=256, ge=1, description="When a request sets none.")
     faults: FaultPlan = Field(default_factory=FaultPlan)
+    fine_tuning: FineTuneSettings = Field(default_factory=FineTuneSettings)
 
 
 def check_loopback(host: str) -> None:
@@ -77,6 +81,8 @@ class SandboxState:
         self.dropped = 0  # connections closed with no response
         # time.monotonic() of each chat request reaching the limiter, for rate checks in tests.
         self.chat_arrivals: deque[float] = deque(maxlen=MAX_ARRIVALS_KEPT)
+        self.files = FileStore(settings.fine_tuning.work_dir)
+        self.jobs = FineTuningJobs(self)  # registers the models it trains in `backings`
 
     def backing_for(self, model: str) -> Provider:
         return self.backings.get(model, self.backing)
@@ -102,5 +108,7 @@ class SandboxState:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "dropped": self.dropped,
+            "files": len(self.files.files),
+            "fine_tuning_jobs": {job.id: job.status for job in self.jobs.jobs.values()},
             "chat_arrivals": list(self.chat_arrivals),
         }
