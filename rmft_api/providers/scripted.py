@@ -90,7 +90,7 @@ class ScriptedProvider:
         """The scripted reply to one chat."""
         if self.name == "garbage":
             return "I would rather not say which one."
-        view = self._reader.read(chat)
+        view = self._reader.read(chat, history=False)  # scripts ignore the past
         k = len(view.arm_names)
         if self.name == "first":
             return answer_text(view, 0, reasoning="Scripted: always the first option.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -28,10 +29,18 @@ def _uvicorn_config(app: Any, settings: SandboxSettings, *, log_level: str) -> u
     )
 
 
-def serve(settings: SandboxSettings, backing: Provider, *, log_level: str = "info") -> None:
-    """Serve until interrupted (Ctrl-C), in this thread."""
+def serve(
+    settings: SandboxSettings,
+    backing: Provider,
+    *,
+    served: Mapping[str, Provider] | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve until interrupted (Ctrl-C), in this thread. `served` answers those model names with
+    their own providers (e.g. the base model by a classic agent, while jobs train `backing`)."""
     check_loopback(settings.host)
     state = SandboxState(settings, backing)
+    state.backings.update(served or {})
     uvicorn.Server(_uvicorn_config(build_app(state), settings, log_level=log_level)).run()
 
 
@@ -41,10 +50,17 @@ class SandboxServer:
     Usage: `with SandboxServer(settings, backing) as server: client(base_url=server.base_url)`.
     """
 
-    def __init__(self, settings: SandboxSettings, backing: Provider) -> None:
+    def __init__(
+        self,
+        settings: SandboxSettings,
+        backing: Provider,
+        *,
+        served: Mapping[str, Provider] | None = None,
+    ) -> None:
         check_loopback(settings.host)
         self.settings = settings
         self.state = SandboxState(settings, backing)
+        self.state.backings.update(served or {})
         self._server = uvicorn.Server(
             _uvicorn_config(build_app(self.state), settings, log_level="warning")
         )

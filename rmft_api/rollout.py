@@ -1,0 +1,402 @@
+"""The rollout engine: M scenarios × L rollouts of a provider, each finished episode on disk.
+
+Two schedules, one episode logic:
+- API providers (anything without `batch_size`): every episode is its own task asking one
+  request at a time (rounds are sequential within an episode). The provider's own limiter bounds
+  requests in flight; the engine only keeps `live` episodes started (default 2 × the policy's
+  concurrency) so that episodes finish steadily and a kill loses little.
+- Local providers (`batch_size`: hf, agent, scripted): lock-step. The next prompt of every live
+  episode goes into one `generate` call (the provider chunks it by its batch size); a finished
+  episode's slot is refilled from the queue, so the batch stays full.
+
+Durability and resume. Each finished episode is appended to `episodes.jsonl` as one JSON line and
+flushed (fsync at the end). On start, episodes already on disk with status complete or aborted
+are skipped. An episode ended by a request that failed for good is written with status `error`
+(its cost and partial transcript are kept) and played again on the next resume: the file may
+then hold several records of one id, and the last one counts (`read_episodes`). Unfinished
+episodes are not written; with the response cache on, replaying them on resume is free up to the
+first turn that was never answered.
+
+Stopping. A fatal provider error (auth, unknown model, quota exhausted), a parse abort, or the
+budget cap stops new requests at once; requests in flight finish (their replies are cached),
+everything finished is flushed, then the error is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from rmft_api.config import Config
+from rmft_api.envs.base import child_rng
+from rmft_api.envs.scenarios import Scenario
+from rmft_api.envs.templates import TemplateSet, load_templates
+from rmft_api.envs.text import TextEpisode
+from rmft_api.errors import ParseAbortError, StateError
+from rmft_api.providers.base import Provider, SamplingParams
+from rmft_api.providers.limiter import estimate_request_tokens
+from rmft_api.rollout_budget import BudgetGuard
+from rmft_api.rollout_cache import ResponseCache, cache_key
+from rmft_api.rollout_progress import ProgressCallback, RolloutProgress, RolloutSummary
+from rmft_api.schema import Completion, Episode, EpisodeStatus, Message, Usage
+from rmft_api.store import JsonlWriter, read_jsonl
+
+log = logging.getLogger(__name__)
+
+FINISHED_STATUSES = frozenset({"complete", "aborted"})
+_PROGRESS_EVERY_S = 0.1
+
+
+@runtime_checkable
+class LockstepProvider(Protocol):
+    """A provider that answers a whole batch at once, in-process (local models, agents)."""
+
+    spec: str
+    batch_size: int
+
+
+def episode_id(iteration: int, scenario_id: str, rollout: int) -> str:
+    return f"it{iteration:03d}-{scenario_id}-r{rollout:03d}"
+
+
+def read_episodes(path: str | Path) -> list[Episode]:
+    """The episodes of a file, the last record of each id only (a re-run supersedes an error),
+    in (iteration, split, scenario, rollout) order: the file's order is completion order, which
+    concurrency makes arbitrary, and nothing downstream may depend on it."""
+    latest: dict[str, Episode] = {}
+    for episode in read_jsonl(path, Episode, missing_ok=True):
+        latest[episode.episode_id] = episode
+    return sorted(
+        latest.values(), key=lambda e: (e.iteration, e.split, e.scenario_index, e.rollout)
+    )
+
+
+@dataclass
+class _Job:
+    scenario: Scenario
+    rollout: int
+    episode_id: str
+
+
+@dataclass
+class _Play:
+    """One episode being played: its text episode, usage so far and request ids."""
+
+    job: _Job
+    text: TextEpisode
+    usage: Usage = field(default_factory=Usage)
+
+    def request(self) -> tuple[list[Message], str]:
+        rid = f"{self.job.episode_id}/{self.text.round_index}/{self.text.attempt_index}"
+        return self.text.next_messages(), rid
+
+
+class _Engine:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        cfg: Config,
+        iteration: int,
+        sampling: SamplingParams,
+        writer: JsonlWriter,
+        cache: ResponseCache | None,
+        budget_usd: float | None,
+        progress: ProgressCallback | None,
+        total: int,
+        skipped: int,
+    ) -> None:
+        self.provider = provider
+        self.cfg = cfg
+        self.iteration = iteration
+        self.sampling = sampling
+        self.writer = writer
+        self.cache = cache
+        self.progress = progress
+        self.templates: TemplateSet = load_templates(cfg.prompt.templates_dir)
+        self.base_url: str | None = cfg.policy.base_url
+        self.total, self.skipped = total, skipped
+        self.started = time.monotonic()
+        self.last_report = 0.0
+        # Counters of this call.
+        self.written = self.errors = self.aborted = 0
+        self.requests = self.cached = self.parse_failures = 0
+        self.usage = Usage()
+        self.budget = BudgetGuard(budget_usd)
+        self.regrets: list[float] = []
+        self.failure: BaseException | None = None
+
+    # ------------------------------------------------------------ shared episode logic
+
+    def start(self, job: _Job) -> _Play:
+        rng = child_rng(self.cfg.run.seed, self.iteration, job.scenario.index, job.rollout)
+        text = TextEpisode(
+            job.scenario,
+            prompt=self.cfg.prompt,
+            parse=self.cfg.parse,
+            rng=rng,
+            templates=self.templates,
+        )
+        return _Play(job=job, text=text)
+
+    @property
+    def stopping(self) -> bool:
+        return self.failure is not None
+
+    def fail(self, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
+
+    def feed(self, play: _Play, completion: Completion) -> bool:
+        """Give the reply to its episode; True when the episode is over (and written)."""
+        self.requests += 1
+        if completion.error is not None:
+            self.finish(play, status="error", error=completion.error)
+            return True
+        play.usage = play.usage + completion.usage
+        try:
+            play.text.submit(completion.text)
+        except ParseAbortError as e:
+            self.finish(play, status="aborted", error=str(e))
+            self.fail(e)
+            return True
+        if play.text.done:
+            self.finish(play, status="complete", error=None)
+            return True
+        return False
+
+    def finish(self, play: _Play, *, status: EpisodeStatus, error: str | None) -> None:
+        episode = play.text.to_episode(
+            episode_id=play.job.episode_id,
+            iteration=self.iteration,
+            rollout=play.job.rollout,
+            policy_spec=self.provider.spec,
+            usage=play.usage,
+            status=status,
+            error=error,
+        )
+        self.writer.write(episode)
+        self.written += 1
+        self.errors += episode.status == "error"
+        self.aborted += episode.status == "aborted"
+        self.parse_failures += sum(
+            1 for step in episode.steps for a in step.attempts if a.parse_error is not None
+        )
+        if episode.status == "complete":
+            self.regrets.append(episode.regret)
+        self.report(force=True)
+
+    # ------------------------------------------------------------ requests (cache, budget)
+
+    async def ask(self, requests: Sequence[tuple[list[Message], str]]) -> list[Completion]:
+        """Replies in order: cached ones free, the rest from the provider in one call."""
+        keys: list[str | None] = [None] * len(requests)
+        out: list[Completion | None] = [None] * len(requests)
+        if self.cache is not None:
+            for i, (messages, rid) in enumerate(requests):
+                keys[i] = cache_key(
+                    spec=self.provider.spec,
+                    base_url=self.base_url,
+                    messages=messages,
+                    sampling=self.sampling,
+                    request_id=rid,
+                )
+                out[i] = self.cache.get(keys[i] or "")
+        missing = [i for i, c in enumerate(out) if c is None]
+        self.cached += len(requests) - len(missing)
+        if not missing:
+            return [c for c in out if c is not None]
+        sizes = [
+            estimate_request_tokens(
+                (m.content for m in requests[i][0]), max_tokens=self.sampling.max_tokens
+            )
+            for i in missing
+        ]
+        await self.budget.reserve(sizes)
+        replies: list[Completion] = []
+        try:
+            replies = await self.provider.generate(
+                [requests[i][0] for i in missing],
+                self.sampling,
+                request_ids=[requests[i][1] for i in missing],
+            )
+        finally:
+            for j, size in enumerate(sizes):
+                paid = j < len(replies) and replies[j].error is None
+                self.budget.settle(size, cost_usd=replies[j].usage.cost_usd if paid else None)
+        for i, reply in zip(missing, replies, strict=True):
+            out[i] = reply
+            if reply.error is None:
+                self.usage = self.usage + reply.usage
+            key = keys[i]
+            if self.cache is not None and key is not None:
+                self.cache.put(key, reply)
+        return [c for c in out if c is not None]
+
+    # ------------------------------------------------------------ the two schedules
+
+    async def fan_out(self, jobs: Sequence[_Job], *, live: int) -> None:
+        gate = asyncio.Semaphore(live)
+
+        async def play_one(job: _Job) -> None:
+            async with gate:
+                if self.stopping:
+                    return
+                play = self.start(job)
+                while not self.stopping:
+                    try:
+                        [reply] = await self.ask([play.request()])
+                    except Exception as e:  # recorded, raised after everything is flushed
+                        self.fail(e)
+                        return
+                    if self.feed(play, reply):
+                        return
+                    self.report()
+
+        results = await asyncio.gather(*(play_one(j) for j in jobs), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                self.fail(result)
+
+    async def lockstep(self, jobs: Sequence[_Job], *, batch_size: int | None) -> None:
+        pending = deque(jobs)
+        live: list[_Play] = []
+        while (pending or live) and not self.stopping:
+            # Read each tick: a local model halves its batch size after running out of memory.
+            pool: int = batch_size or int(getattr(self.provider, "batch_size", 1) or 1)
+            while pending and len(live) < max(1, pool):
+                live.append(self.start(pending.popleft()))
+            try:
+                replies = await self.ask([p.request() for p in live])
+            except Exception as e:  # recorded, raised after everything is flushed
+                self.fail(e)
+                return
+            live = [p for p, r in zip(live, replies, strict=True) if not self.feed(p, r)]
+            self.report()
+
+    # ------------------------------------------------------------ progress
+
+    def snapshot(self) -> RolloutProgress:
+        stats: Any = getattr(self.provider, "stats", None)
+        return RolloutProgress(
+            episodes_total=self.total,
+            episodes_done=self.skipped + self.written,
+            episodes_skipped=self.skipped,
+            requests=self.requests,
+            cached=self.cached,
+            prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens,
+            cost_usd=self.usage.cost_usd,
+            parse_failures=self.parse_failures,
+            rate_limited=int(getattr(stats, "rate_limited", 0) or 0),
+            errors=self.errors,
+            elapsed_s=time.monotonic() - self.started,
+        )
+
+    def report(self, *, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self.last_report >= _PROGRESS_EVERY_S:
+            self.last_report = now
+            self.progress(self.snapshot())
+
+
+def _finished_on_disk(path: Path, ids: set[str], spec: str) -> dict[str, Episode]:
+    done: dict[str, Episode] = {}
+    for episode in read_episodes(path):
+        if episode.episode_id not in ids or episode.status not in FINISHED_STATUSES:
+            continue
+        if episode.policy_spec != spec:
+            raise StateError(
+                f"{path} already holds episode {episode.episode_id} of policy "
+                f"{episode.policy_spec!r}, not {spec!r}; write to another directory"
+            )
+        done[episode.episode_id] = episode
+    return done
+
+
+async def run_rollouts(
+    provider: Provider,
+    scenarios: Sequence[Scenario],
+    *,
+    cfg: Config,
+    iteration: int,
+    rollouts_per_scenario: int,
+    out: Path,
+    sampling: SamplingParams,
+    progress: ProgressCallback | None = None,
+    cache: ResponseCache | None = None,
+    budget_usd: float | None = None,
+    live_episodes: int | None = None,
+) -> RolloutSummary:
+    """Play every (scenario, rollout) not yet finished in `out` (episodes.jsonl) and append it.
+
+    Args:
+        budget_usd: dollars this call may spend; the call stops (BudgetError) before a request
+            that could pass it (see rollout_budget.py for how requests are priced).
+        live_episodes: episodes started at once: API providers default to 2 × policy.concurrency,
+            local providers to their batch size.
+
+    Raises:
+        FatalProviderError / QuotaExhaustedError, ParseAbortError, BudgetError: after every
+        finished episode is on disk (see the module docstring).
+    """
+    out = Path(out)
+    jobs = [
+        _Job(scenario=s, rollout=r, episode_id=episode_id(iteration, s.scenario_id, r))
+        for s in scenarios
+        for r in range(rollouts_per_scenario)
+    ]
+    done = _finished_on_disk(out, {j.episode_id for j in jobs}, provider.spec)
+    todo = [j for j in jobs if j.episode_id not in done]
+    writer = JsonlWriter(out)
+    engine = _Engine(
+        provider,
+        cfg=cfg,
+        iteration=iteration,
+        sampling=sampling,
+        writer=writer,
+        cache=cache,
+        budget_usd=budget_usd,
+        progress=progress,
+        total=len(jobs),
+        skipped=len(done),
+    )
+    engine.regrets = [e.regret for e in done.values() if e.status == "complete"]
+    try:
+        if isinstance(provider, LockstepProvider):
+            await engine.lockstep(todo, batch_size=live_episodes)
+        else:
+            live = live_episodes or 2 * cfg.policy.concurrency
+            await engine.fan_out(todo, live=max(1, live))
+    finally:
+        writer.close()  # flush + fsync whatever happened
+        engine.report(force=True)
+    if engine.failure is not None:
+        raise engine.failure
+    complete = len(engine.regrets)
+    return RolloutSummary(
+        out=str(out),
+        policy_spec=provider.spec,
+        iteration=iteration,
+        episodes_total=len(jobs),
+        skipped=len(done),
+        written=engine.written,
+        complete=complete,
+        errors=engine.errors,
+        aborted=engine.aborted,
+        requests=engine.requests,
+        cached_requests=engine.cached,
+        parse_failures=engine.parse_failures,
+        rate_limited=engine.snapshot().rate_limited,
+        usage=engine.usage,
+        wall_s=time.monotonic() - engine.started,
+        mean_regret=sum(engine.regrets) / complete if complete else None,
+    )
