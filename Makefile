@@ -6,7 +6,7 @@ TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 EXTRAS  := local,sandbox,report,dev
 
-.PHONY: install test check lint typecheck demo bench clean
+.PHONY: install test check lint typecheck demo sandbox-demo bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ check: lint typecheck test
 demo: install
 	$(BIN)/rmft-api baselines --env mab --preset hard --replicates 200
 	$(BIN)/rmft-api baselines --env fol --replicates 50
+
+# The OpenAI path end to end against a loopback sandbox (no key, no cost): 2 short iterations.
+sandbox-demo: install
+	$(BIN)/python -m rmft_api.sandbox.demo
 
 bench: install
 	$(BIN)/python benchmarks/rollout.py

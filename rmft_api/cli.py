@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rmft_api.baselines import AgentSummary, BaselinesReport
     from rmft_api.rollout_progress import RolloutProgress
     from rmft_api.rollout_report import RolloutReport
+    from rmft_api.store import RunPaths
     from rmft_api.validation import ValidationReport
 
 app = typer.Typer(
@@ -201,8 +202,17 @@ def sandbox(
         list[str] | None, typer.Option("--model", help="Serve only these model names.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the backing provider.")] = 0,
+    serve_as: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--serve",
+            help="NAME=SPEC: answer model NAME with provider SPEC (e.g. gpt-4o-mini=agent/ucb1) "
+            "while fine-tuning jobs train the --backing model.",
+        ),
+    ] = None,
 ) -> None:
     """Serve an OpenAI-compatible test server on loopback (rate limits, injected faults)."""
+    from rmft_api.errors import ConfigError
     from rmft_api.providers.registry import resolve
     from rmft_api.sandbox.faults import FaultPlan, load_fault_plan
     from rmft_api.sandbox.server import serve
@@ -221,7 +231,13 @@ def sandbox(
     )
     where = f"http://{host}:{port}/v1" if port else f"{host}, a free port (see below)"
     typer.echo(f"sandbox: {where}, backing {backing}; Ctrl-C stops it")
-    serve(settings, resolve(backing, seed=seed))
+    served = {}
+    for item in serve_as or []:
+        served_name, sep, spec = item.partition("=")
+        if not sep or not served_name or not spec:
+            raise ConfigError(f"--serve {item!r}: expected NAME=SPEC, e.g. gpt-4o-mini=agent/ucb1")
+        served[served_name] = resolve(spec, seed=seed)
+    serve(settings, resolve(backing, seed=seed), served=served)
 
 
 @app.command("prompt-preview")
@@ -491,6 +507,59 @@ def cancel(
         typer.echo(f"{paths.root}: no fine-tuning job to cancel; run marked stopped")
     else:
         typer.echo(f"{paths.root}: job {ref.job_id} is {ref.status}; run marked stopped")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Run directory; default: the latest under runs/.", file_okay=False),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write RUN_DIR/report/: report.md, PNG plots and summary.json, from the run's files."""
+    import json
+
+    from rmft_api.report import write_report
+    from rmft_api.report_text import headline_lines
+
+    written = write_report(_run_dir_or_latest(run_dir))
+    for line in headline_lines(written):
+        typer.echo(line)
+    if written.figures_error:
+        typer.echo(f"no figures: {written.figures_error}")
+    typer.echo(f"report: {written.report_md}")
+    if json_out:
+        keep = {"run_id", "report_md", "improvement", "figures", "figures_error", "grid_tasks"}
+        typer.echo(json.dumps(written.model_dump(mode="json", include=keep)))
+
+
+def _run_dir_or_latest(run_dir: Path | None) -> RunPaths:
+    from rmft_api.errors import StateError
+    from rmft_api.store import RunPaths, latest_run
+
+    if run_dir is not None:
+        return RunPaths(run_dir)
+    found = latest_run("runs")
+    if found is None:
+        raise StateError("no run under runs/; pass a run directory")
+    return found
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run directory (A).", file_okay=False)],
+    run_b: Annotated[Path, typer.Argument(help="Second run directory (B).", file_okay=False)],
+    json_out: JsonOpt = False,
+) -> None:
+    """Two runs side by side: held-out regret by iteration, the grid, config differences."""
+    from rmft_api.compare import compare_runs, render_comparison
+    from rmft_api.store import RunPaths
+
+    result = compare_runs(RunPaths(run_a), RunPaths(run_b))
+    render_comparison(result)
+    if json_out:
+        typer.echo(result.model_dump_json())
 
 
 # ---------------------------------------------------------------- commands are added above

@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from rmft_api.errors import ConfigError
 
@@ -256,6 +264,11 @@ class OpenAITrainerConfig(Section):
     """
 
     kind: Literal["openai"] = "openai"
+    model: str | None = Field(
+        default=None,
+        description="Model to fine-tune when the current policy is not openai/<model> (episodes "
+        "from a local model or a classic agent); None = the policy's own model.",
+    )
     init_from: Literal["previous", "base"] = Field(
         default="previous",
         description="previous: fine-tune the current ft: model again; base: fine-tune the base "
@@ -473,6 +486,75 @@ class IterationsConfig(Section):
     )
 
 
+class GridVariant(Section):
+    """One row of the generalization grid: the run's task with some keys changed, played by every
+    iteration's policy on held-out scenarios of its own (seeds disjoint from training and from the
+    main held-out set; generalization.py)."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Label in reports and the directory iter-NNN/grid/<name>/.",
+    )
+    env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="[env] keys changed in this variant, e.g. {num_arms = 10}, "
+        '{noise = "gaussian"}, {kind = "ns"}; with `preset` the variant starts from that '
+        "preset instead of the run's [env].",
+    )
+    prompt: dict[str, Any] = Field(
+        default_factory=dict,
+        description='[prompt] keys changed in this variant, e.g. {framing = "suggestive"}.',
+    )
+    horizon_factor: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Multiplies the horizon (after `env`): 2 and 5 give the longer-horizon rows.",
+    )
+    unseen_contexts: bool = Field(
+        default=False,
+        description="Play only the scenario contexts training never sees: the library minus "
+        "prompt.contexts (which must then name the training contexts).",
+    )
+    scenarios: int | None = Field(
+        default=None, ge=1, description="Held-out scenarios of this variant; None = eval.scenarios."
+    )
+
+
+def _section_problems(err: ValidationError, model: type[BaseModel], prefix: str) -> str:
+    return "; ".join(f"{prefix}: {_describe(dict(e), model)}" for e in err.errors())
+
+
+def grid_variant_sections(
+    env: EnvConfig, prompt: PromptConfig, variant: GridVariant
+) -> tuple[EnvConfig, PromptConfig]:
+    """The variant's [env] and [prompt]: the run's with the variant's keys replaced, validated.
+
+    Raises ValueError naming the variant and the bad key (a config error at load time).
+    """
+    where = f"grid variant '{variant.name}'"
+    base = {} if "preset" in variant.env else env.model_dump()
+    try:
+        new_env = EnvConfig.model_validate(base | variant.env)
+        if variant.horizon_factor > 1:
+            horizon = new_env.horizon * variant.horizon_factor
+            new_env = EnvConfig.model_validate(new_env.model_dump() | {"horizon": horizon})
+    except ValidationError as e:
+        raise ValueError(_section_problems(e, EnvConfig, f"{where} env")) from None
+    if variant.unseen_contexts and not prompt.contexts:
+        raise ValueError(
+            f"{where}: unseen_contexts needs prompt.contexts to name the training contexts "
+            "(empty = every context is trained on, none is unseen)"
+        )
+    if variant.unseen_contexts and "contexts" in variant.prompt:
+        raise ValueError(f"{where}: set either unseen_contexts or prompt.contexts, not both")
+    try:
+        new_prompt = PromptConfig.model_validate(prompt.model_dump() | variant.prompt)
+    except ValidationError as e:
+        raise ValueError(_section_problems(e, PromptConfig, f"{where} prompt")) from None
+    return new_env, new_prompt
+
+
 class EvalConfig(Section):
     """Held-out evaluation of every iteration's policy (evaluate.py)."""
 
@@ -490,6 +572,19 @@ class EvalConfig(Section):
         le=2,
         description="Sampling temperature for evaluation; None = policy's.",
     )
+    grid: list[GridVariant] = Field(
+        default_factory=list,
+        description="Generalization grid ([[eval.grid]] tables): variants of the task each "
+        "iteration's policy is also evaluated on; empty = off.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_grid_names(self) -> Self:
+        names = [v.name for v in self.grid]
+        doubles = sorted({n for n in names if names.count(n) > 1})
+        if doubles:
+            raise ValueError(f"grid variant names must be unique; repeated: {', '.join(doubles)}")
+        return self
 
 
 class RunConfig(Section):
@@ -519,6 +614,16 @@ class Config(Section):
         default_factory=OpenAITrainerConfig,
         description='Fine-tuning backend: kind = "openai" | "lora".',
     )
+
+    @field_validator("eval")
+    @classmethod
+    def _check_grid(cls, value: EvalConfig, info: ValidationInfo) -> EvalConfig:
+        # Validate every variant against this run's env/prompt now, not after paid iterations.
+        env, prompt = info.data.get("env"), info.data.get("prompt")
+        if isinstance(env, EnvConfig) and isinstance(prompt, PromptConfig):
+            for variant in value.grid:
+                grid_variant_sections(env, prompt, variant)
+        return value
 
     def hash(self) -> str:
         """A stable hash of the resolved config (sha256 of its canonical JSON), 16 hex chars."""

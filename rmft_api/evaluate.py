@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from rmft_api import regret
+from rmft_api.agents.base import BanditTrace, FullInfoTrace
 from rmft_api.config import Config
 from rmft_api.envs.base import BanditInstance, child_rng
 from rmft_api.envs.scenarios import Scenario, build_scenarios
@@ -87,8 +88,8 @@ def episode_curve(episode: Episode) -> np.ndarray:
     return regret.cumulative(steps)
 
 
-def _agent_curve(name: str, scenario: Scenario, cfg: Config) -> np.ndarray:
-    """A classic agent's cumulative regret curve on a scenario (same seeds as agent_regret)."""
+def agent_trace(name: str, scenario: Scenario, cfg: Config) -> BanditTrace | FullInfoTrace:
+    """A classic agent's play on a scenario (same seeds as agent_regret and the baselines)."""
     from rmft_api.agents.base import (
         BanditAgent,
         ExpertsAgent,
@@ -103,11 +104,20 @@ def _agent_curve(name: str, scenario: Scenario, cfg: Config) -> np.ndarray:
     instance = scenario.instance
     if isinstance(instance, BanditInstance):
         assert isinstance(agent, BanditAgent)
-        trace = run_bandit(agent, instance, rng)
-        return regret.cumulative(regret.action_regret_steps(instance.means, trace.actions))
+        return run_bandit(agent, instance, rng)
     assert isinstance(agent, ExpertsAgent)
-    played = run_full_info(agent, instance, rng)
-    return regret.full_info_regret_curve(played.policies, played.reward_vectors)
+    return run_full_info(agent, instance, rng)
+
+
+def _agent_curve(name: str, scenario: Scenario, cfg: Config) -> np.ndarray:
+    """A classic agent's cumulative regret curve on a scenario."""
+    trace = agent_trace(name, scenario, cfg)
+    instance = scenario.instance
+    if isinstance(instance, BanditInstance):
+        assert isinstance(trace, BanditTrace)
+        return regret.cumulative(regret.action_regret_steps(instance.means, trace.actions))
+    assert isinstance(trace, FullInfoTrace)
+    return regret.full_info_regret_curve(trace.policies, trace.reward_vectors)
 
 
 def summarize(
@@ -202,4 +212,6 @@ async def evaluate_policy(
     )
     ids = {s.scenario_id for s in scenarios}
     episodes = [e for e in read_episodes(out) if e.scenario_id in ids and e.iteration == iteration]
+    # Completion order is arbitrary under concurrency; the bootstrap must not depend on it.
+    episodes.sort(key=lambda e: (e.scenario_index, e.rollout))
     return summarize(episodes, scenarios, cfg, iteration=iteration, policy=provider.spec)

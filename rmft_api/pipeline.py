@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -63,6 +65,14 @@ class SilentReporter:
         log.info("%s", message)
 
 
+def _crash_point(state: RunState) -> None:
+    """Fault injection for the crash tests: RMFT_KILL_AFTER="<iteration>:<phase>" SIGKILLs this
+    process after that phase's outputs are on disk but before state.json records it done."""
+    target = os.environ.get("RMFT_KILL_AFTER")
+    if target and target == f"{state.iteration}:{state.phase}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def build_trainer(cfg: Config, run: RunPaths) -> Trainer:
     """The configured fine-tuning backend (heavy modules imported only for the one in use)."""
     if isinstance(cfg.trainer, LoraTrainerConfig):
@@ -71,10 +81,7 @@ def build_trainer(cfg: Config, run: RunPaths) -> Trainer:
         return LocalLoraTrainer(cfg.trainer)
     from rmft_api.trainers.openai_ft import OpenAIFineTuner
 
-    base_url = getattr(cfg.trainer, "base_url", None) or cfg.policy.base_url
-    return OpenAIFineTuner(
-        cfg.trainer, run_id=run.run_id, state_dir=run.root / "openai", base_url=base_url
-    )
+    return OpenAIFineTuner.for_run(cfg, run_id=run.run_id, state_dir=run.root / "openai")
 
 
 def training_scenarios(cfg: Config, iteration: int) -> list[Scenario]:
@@ -99,7 +106,19 @@ class Pipeline:
     def run_to_end(self) -> RunState:
         """Hold the run lock and advance phase by phase until done; returns the final state."""
         with RunLock(self.run.root):
-            return asyncio.run(self._drive())
+            state = asyncio.run(self._drive())
+            if state.phase == "done":
+                self._write_report()
+        return state
+
+    def _write_report(self) -> None:
+        """report/report.md and its plots; a failure here never fails the finished run."""
+        from rmft_api.report import write_report
+
+        try:
+            write_report(self.run)
+        except RmftError as e:
+            self.reporter.note(f"report not written: {e}")
 
     async def _drive(self) -> RunState:
         state = load_state(self.run)
@@ -108,7 +127,9 @@ class Pipeline:
             save_state(self.run, state)
         try:
             while state.phase != "done":
+                before = state
                 state = await self._step(state)
+                _crash_point(before)
                 save_state(self.run, state)
         except RmftError as e:
             status: Literal["failed", "stopped"] = (
@@ -169,10 +190,16 @@ class Pipeline:
         for provider in providers:
             await provider.aclose()
 
+    def _spent(self) -> float:
+        """Dollars spent so far; the grid's episodes live outside what spent_usd reads."""
+        from rmft_api.generalization import grid_spent_usd
+
+        return spent_usd(self.run) + grid_spent_usd(self.run)
+
     def _budget_left(self) -> float | None:
         if self.cfg.budget.max_usd is None:
             return None
-        left = self.cfg.budget.max_usd - spent_usd(self.run)
+        left = self.cfg.budget.max_usd - self._spent()
         if left <= 0:
             raise BudgetError(
                 f"budget.max_usd = {self.cfg.budget.max_usd:.2f} is spent; raise it and resume"
@@ -185,23 +212,44 @@ class Pipeline:
         from rmft_api.evaluate import check_disjoint, evaluate_policy, heldout_scenarios
         from rmft_api.providers.registry import sampling_params
 
-        if paths.metrics.is_file():
-            return
-        if self.cfg.eval.scenarios == 0:
+        grid = None
+        if self.cfg.eval.grid:
+            from rmft_api.generalization import grid_entries
+
+            grid = grid_entries(self.cfg)  # config mistakes surface before anything is played
+        main = not paths.metrics.is_file() and self.cfg.eval.scenarios > 0
+        if not main and not grid:
             return
         train = [s for j in range(state.iteration + 1) for s in training_scenarios(self.cfg, j)]
-        check_disjoint(train, heldout_scenarios(self.cfg))
-        paths.eval_dir.mkdir(parents=True, exist_ok=True)
-        metrics = await evaluate_policy(
-            self._provider(state.policy),
-            self.cfg,
-            iteration=state.iteration,
-            out=paths.eval_episodes,
-            sampling=sampling_params(self.cfg),
-            progress=self.reporter.rollout,
-            budget_usd=self._budget_left(),
-        )
-        write_json_atomic(paths.metrics, metrics)
+        if main:
+            check_disjoint(train, heldout_scenarios(self.cfg))
+            paths.eval_dir.mkdir(parents=True, exist_ok=True)
+            metrics = await evaluate_policy(
+                self._provider(state.policy),
+                self.cfg,
+                iteration=state.iteration,
+                out=paths.eval_episodes,
+                sampling=sampling_params(self.cfg),
+                progress=self.reporter.rollout,
+                budget_usd=self._budget_left(),
+            )
+            write_json_atomic(paths.metrics, metrics)
+        if grid:
+            from rmft_api.generalization import check_grid_disjoint, evaluate_grid, grid_dir
+
+            check_grid_disjoint(grid, train, self.cfg)
+            await evaluate_grid(
+                self._provider(state.policy),
+                grid,
+                iteration=state.iteration,
+                out_dir=grid_dir(paths.root),
+                sampling=sampling_params(self.cfg),
+                progress=self.reporter.rollout,
+                budget_left=self._budget_left,
+                on_variant=lambda name: self.reporter.phase(
+                    state.iteration, "evaluate", f"{state.policy} · grid {name}"
+                ),
+            )
 
     async def _rollout(self, state: RunState, paths: IterationPaths) -> None:
         from rmft_api.providers.registry import sampling_params
@@ -238,7 +286,10 @@ class Pipeline:
         from rmft_api.rollout import read_episodes
 
         path = self.run.iteration(iteration).episodes
-        return [e for e in read_episodes(path) if e.iteration == iteration]
+        # episodes.jsonl is in completion order, which concurrency makes arbitrary; the training
+        # file (and so the trained model) must not depend on it.
+        episodes = [e for e in read_episodes(path) if e.iteration == iteration]
+        return sorted(episodes, key=lambda e: (e.scenario_index, e.rollout))
 
     def _select(self, state: RunState, paths: IterationPaths) -> None:
         from rmft_api.rollout_report import agent_regret
@@ -334,7 +385,7 @@ class Pipeline:
         if openai and self.cfg.budget.max_usd is not None and report.cost is not None:
             from rmft_api.costs import check_budget
 
-            check_budget(report.cost.training_usd, spent_usd(self.run), self.cfg.budget.max_usd)
+            check_budget(report.cost.training_usd, self._spent(), self.cfg.budget.max_usd)
 
     async def _train(self, state: RunState, paths: IterationPaths) -> JobRef:
         trainer = build_trainer(self.cfg, self.run)

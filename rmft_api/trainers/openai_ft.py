@@ -199,10 +199,15 @@ class OpenAIFineTuner:
         """The model a job fine-tunes for the policy `openai/<model>` (with init_from = base,
         the base model of an `ft:<base>:...` policy)."""
         backend, _, model = base_policy.partition("/")
+        if backend != "openai" and self.config.model is not None:
+            # Episodes from another kind of policy (a local model, a classic agent): distil them
+            # into the configured OpenAI model.
+            return self.config.model
         if backend != "openai" or not model:
             raise TrainingError(
                 f"the OpenAI trainer fine-tunes openai/<model> policies, not {base_policy!r}; "
-                'for a local hf/<dir> model use [trainer] kind = "lora"'
+                'for a local hf/<dir> model use [trainer] kind = "lora", or set trainer.model to '
+                "the OpenAI model to distil the episodes into"
             )
         if self.config.init_from == "base" and model.startswith("ft:"):
             model = model.split(":")[1]
