@@ -151,19 +151,17 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.slow  # builds the bootstrap model on first use (minutes on 2 CPU cores)
 def test_two_iterations_through_the_openai_path_with_real_training(
     tmp_path: Path, sandbox: Callable[..., SandboxServer]
 ) -> None:
-    from rmft_api.models.tiny import build_tiny_lm
+    from tests.bootstrap_fixture import speaking_model
 
-    model = build_tiny_lm(tmp_path / "tiny", seed=0)
-    # Base-model chats are answered by Thompson sampling in text; jobs train the tiny model
-    # for real and its adapters answer the ft: names they return.
-    server = sandbox(f"hf/{model}", served={"gpt-4o-mini": "agent/thompson"})
-    config = write_config(tmp_path, server.base_url)
-    # Enough epochs for the tiny model to learn the answer format from Thompson's episodes, so
-    # that iteration 1 (played by the fine-tuned model) yields training data of its own.
-    cfg, run = open_run(config, overrides=["trainer.n_epochs=30"])
+    model = speaking_model()
+    # The sandbox's base model is the offline bootstrap model (it speaks the answer format);
+    # its jobs train that model for real with LoRA and serve the adapters under their ft: names.
+    server = sandbox(f"hf/{model}", max_epochs=2)
+    cfg, run = open_run(write_config(tmp_path, server.base_url))
     state = Pipeline(cfg, run, poll_interval_s=0.05).run_to_end()
     assert (state.status, state.iteration) == ("completed", 2)
 
@@ -190,15 +188,15 @@ def test_two_iterations_through_the_openai_path_with_real_training(
     assert report["iterations"][1]["policy"] == f"openai/{jobs[0].fine_tuned_model}"
 
 
-@pytest.fixture
-def reference(
-    tmp_path_factory: pytest.TempPathFactory, sandbox: Callable[..., SandboxServer]
-) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """An uninterrupted run: what every interrupted or faulted run must reproduce."""
     tmp = tmp_path_factory.mktemp("reference")
-    server = sandbox()
-    proc = cli("run", str(write_config(tmp, server.base_url)))
-    assert proc.returncode == 0, proc.stderr
-    return outcome(only_run(tmp), server)
+    settings = SandboxSettings(fine_tuning=FAST)
+    with SandboxServer(settings, resolve("agent/thompson", seed=0)) as server:
+        proc = cli("run", str(write_config(tmp, server.base_url)))
+        assert proc.returncode == 0, proc.stderr
+        yield outcome(only_run(tmp), server)
 
 
 @pytest.mark.parametrize(
