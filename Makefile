@@ -37,6 +37,7 @@ demo: install
 	$(BIN)/rmft-api baselines --env fol --replicates 50
 
 # The OpenAI path end to end against a loopback sandbox (no key, no cost): 2 short iterations.
+# Needs the offline bootstrap model (issue 5); rmft_api/sandbox/demo.py lands with it.
 sandbox-demo: install
 	$(BIN)/python -m rmft_api.sandbox.demo
 
