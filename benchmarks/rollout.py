@@ -6,17 +6,22 @@
   512 episodes × 50 rounds at concurrency 256. Ratio = wall / (episodes·rounds·0.05 /
   min(concurrency, episodes)), the time a perfect client would need. Target ≤ 1.15.
 - cpu_ms_per_request: CPU time of this (client) process per request in that run: SDK, retry
-  layer, rollout engine, prompt rendering and parsing together.
+  layer, rollout engine, prompt rendering and parsing together; also the sandbox process's CPU
+  per request, and the request rate one client process could reach with a core of its own
+  (1000 / cpu_ms) with the ratio that would leave (`*_client_bound_ratio`).
 - light_ratio: the same measure at a load two shared cores can carry (80 requests/s): 32
   episodes × 25 rounds, concurrency 4, single-turn prompts (constant size): the scheduling
   overhead of the fan-out itself.
 - rpm_utilization, share_429: the sandbox enforces 3000 requests/min (as 150 per 3 s window, so
   the run spans many windows in seconds) and the client is configured with the same limit.
-  Utilisation = achieved steady-state rate (after the first window) / the limit; share_429 =
+  Utilisation = achieved steady-state rate over whole windows after the first / the limit
+  (client-side 1 ms jitter can show 1.001); share_429 =
   the sandbox's 429s / its chat requests. Targets ≥ 0.90 and ≤ 0.02.
 - lockstep_speedup: a tiny local HF model, 64 episodes × 20 rounds (single-turn prompts with
   summarized history, up to 64 new tokens per reply, torch on 1 thread by default): lock-step
-  batches of 64 against one request at a time (same engine, `live_episodes=1`). Target ≥ 8.
+  batches of 64 against one request at a time (same engine, `live_episodes=1`, same provider
+  settings: greedy, 64 new tokens, prefix cache on). Target ≥ 8. Also the cost of one batch
+  of 64 in single-row calls (64 / that = the speed-up of generate alone).
 
 The last line printed with --json is one JSON object with every figure.
 """
@@ -34,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +60,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Sandbox:
+    url: str  # base_url for an OpenAI client
+    pid: int
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far; None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def sandbox(*args: str) -> Iterator[str]:
-    """`rmft-api sandbox` in its own process (its CPU is not this client's); yields base_url."""
+def sandbox(*args: str) -> Iterator[Sandbox]:
+    """`rmft-api sandbox` in its own process (its CPU is not this client's)."""
     port = free_port()
     command = [sys.executable, "-m", "rmft_api.cli", "sandbox", "--port", str(port), *args]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -72,7 +93,7 @@ def sandbox(*args: str) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the sandbox did not start")
             time.sleep(0.1)
-        yield f"{root}/v1"
+        yield Sandbox(url=f"{root}/v1", pid=proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -129,8 +150,9 @@ def bench_throughput(
     from rmft_api.providers.openai import OpenAIProvider
 
     latency_s = 0.05
-    with sandbox("--latency-ms", str(latency_s * 1000)) as url:
-        client = OpenAIProvider("sandbox", base_url=url, concurrency=concurrency)
+    with sandbox("--latency-ms", str(latency_s * 1000)) as server:
+        client = OpenAIProvider("sandbox", base_url=server.url, concurrency=concurrency)
+        server_cpu0 = process_cpu_s(server.pid)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         summary = play(
             client,
@@ -140,7 +162,14 @@ def bench_throughput(
             live_episodes=episodes,  # every episode live: the limiter alone bounds requests
         )
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        server_cpu1 = process_cpu_s(server.pid)
     ideal = episodes * rounds * latency_s / min(concurrency, episodes)
+    cpu_ms = 1000 * cpu / summary.requests
+    server_ms = (
+        1000 * (server_cpu1 - server_cpu0) / summary.requests
+        if server_cpu0 is not None and server_cpu1 is not None
+        else None
+    )
     return {
         f"{prefix}_episodes": episodes,
         f"{prefix}_rounds": rounds,
@@ -150,7 +179,15 @@ def bench_throughput(
         f"{prefix}_ideal_s": round(ideal, 2),
         f"{prefix}_ratio": round(wall / ideal, 3),
         f"{prefix}_requests_per_s": round(summary.requests / wall, 1),
-        f"{prefix}_cpu_ms_per_request": round(1000 * cpu / summary.requests, 3),
+        f"{prefix}_cpu_ms_per_request": round(cpu_ms, 3),
+        f"{prefix}_server_cpu_ms_per_request": round(server_ms, 3) if server_ms else None,
+        # What one client process could send with a core of its own (its CPU per request is
+        # the limit), and the ratio that would leave: the floor of this machine-independent
+        # part of the measure.
+        f"{prefix}_client_core_ceiling_rps": round(1000 / cpu_ms, 1),
+        f"{prefix}_client_bound_ratio": round(
+            max(1.0, summary.requests / ideal * cpu_ms / 1000), 2
+        ),
         f"{prefix}_complete": summary.complete,
     }
 
@@ -162,7 +199,8 @@ def bench_rpm(tmp: Path, *, requests: int) -> dict[str, Any]:
     limit = int(per_minute * window_s / 60)  # 150 per 3 s window
     args = ("--rpm", str(limit), "--window-s", str(window_s))
     rounds = 25
-    with sandbox(*args) as url:
+    with sandbox(*args) as server:
+        url = server.url
         client = OpenAIProvider(
             "sandbox", base_url=url, concurrency=64, rpm=limit, window_s=window_s
         )
@@ -175,9 +213,15 @@ def bench_rpm(tmp: Path, *, requests: int) -> dict[str, Any]:
         )
         stats = sandbox_stats(url)
     arrivals = sorted(stats["chat_arrivals"])
-    start = arrivals[0] + window_s  # past the first window's burst
-    steady = [t for t in arrivals if t >= start]
-    rate = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else 0.0
+    # From the first arrival past the first window (the opening burst) to the first arrival k
+    # whole windows later: a limiter admits each window's quota as a burst when the window
+    # frees, so both ends sit at the start of a burst and the span holds k windows' quotas
+    # (a rate over first..last arrival would leave out the idle end of the last window).
+    rate = 0.0
+    start = next((t for t in arrivals if t >= arrivals[0] + window_s), None)
+    if start is not None and (k := int((arrivals[-1] - start) // window_s)) >= 1:
+        end = next(t for t in arrivals if t >= start + k * window_s)
+        rate = sum(1 for t in arrivals if start <= t < end) / (end - start)
     chat_requests = stats["requests"].get("/v1/chat/completions", 0)
     return {
         "rpm_limit_per_min": per_minute,
@@ -206,14 +250,28 @@ def bench_lockstep(tmp: Path, *, episodes: int, rounds: int, threads: int) -> di
         parse={"max_reprompts": 0},
     )
     walls: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    hit_rate: dict[str, float | None] = {}
     for name, live in (("lockstep", episodes), ("sequential", 1)):
         provider = HFProvider("hf/tiny", model_path=model, batch_size=episodes, device="cpu")
         began = time.perf_counter()
         summary = play(
-            provider, cfg, episodes=episodes, out=tmp / f"{name}.jsonl", live_episodes=live
+            provider,
+            cfg,
+            episodes=episodes,
+            out=tmp / f"{name}.jsonl",
+            live_episodes=live,
+            sampling=sampling,
         )
         walls[name] = time.perf_counter() - began
+        calls[name] = provider.batches
+        cache = provider.prefix_cache
+        hit_rate[name] = (
+            round(cache.hits / max(1, cache.hits + cache.misses), 3) if cache is not None else None
+        )
         assert summary.complete == episodes
+    batch_ms = 1000 * walls["lockstep"] / calls["lockstep"]
+    single_ms = 1000 * walls["sequential"] / calls["sequential"]
     return {
         "lockstep_episodes": episodes,
         "lockstep_rounds": rounds,
@@ -222,6 +280,12 @@ def bench_lockstep(tmp: Path, *, episodes: int, rounds: int, threads: int) -> di
         "lockstep_wall_s": round(walls["lockstep"], 2),
         "sequential_wall_s": round(walls["sequential"], 2),
         "lockstep_speedup": round(walls["sequential"] / walls["lockstep"], 2),
+        # Wall time per generate call (engine included): a batch of `episodes` rows costs this
+        # many single-row calls.
+        "lockstep_ms_per_batch": round(batch_ms, 1),
+        "sequential_ms_per_request": round(single_ms, 1),
+        "lockstep_batch_cost_in_singles": round(batch_ms / single_ms, 2),
+        "lockstep_prefix_hit_rate": hit_rate["lockstep"],
     }
 
 

@@ -25,10 +25,12 @@ everything finished is flushed, then the error is raised.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -308,6 +310,33 @@ class _Engine:
             self.progress(self.snapshot())
 
 
+_GC_GEN0_FACTOR = 10
+_gc_depth = 0  # rollouts running in this process (they may overlap on one event loop)
+_gc_saved: tuple[int, ...] = gc.get_threshold()  # the thresholds to restore after the last
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Raise the collector's generation-0 threshold while rollouts run, then restore it.
+
+    Each request allocates thousands of short-lived objects (HTTP, JSON, pydantic) while the
+    live episodes hold their transcripts; at the default threshold (700) collections took ~20%
+    of the client's CPU at 256 live episodes, at ten times it ~8%.
+    """
+    global _gc_depth, _gc_saved
+    if _gc_depth == 0:
+        _gc_saved = gc.get_threshold()
+        if _gc_saved[0] > 0:  # 0: collection disabled by the caller, leave it so
+            gc.set_threshold(_gc_saved[0] * _GC_GEN0_FACTOR, *_gc_saved[1:])
+    _gc_depth += 1
+    try:
+        yield
+    finally:
+        _gc_depth -= 1
+        if _gc_depth == 0 and _gc_saved[0] > 0:
+            gc.set_threshold(*_gc_saved)
+
+
 def _finished_on_disk(path: Path, ids: set[str], spec: str) -> dict[str, Episode]:
     done: dict[str, Episode] = {}
     for episode in read_episodes(path):
@@ -371,11 +400,12 @@ async def run_rollouts(
     )
     engine.regrets = [e.regret for e in done.values() if e.status == "complete"]
     try:
-        if isinstance(provider, LockstepProvider):
-            await engine.lockstep(todo, batch_size=live_episodes)
-        else:
-            live = live_episodes or 2 * cfg.policy.concurrency
-            await engine.fan_out(todo, live=max(1, live))
+        with _fewer_collections():
+            if isinstance(provider, LockstepProvider):
+                await engine.lockstep(todo, batch_size=live_episodes)
+            else:
+                live = live_episodes or 2 * cfg.policy.concurrency
+                await engine.fan_out(todo, live=max(1, live))
     finally:
         writer.close()  # flush + fsync whatever happened
         engine.report(force=True)

@@ -15,6 +15,10 @@ text, as OpenAI does) or, with `answer_marker` set, where the answer after the f
 (its line, or its closing `}`): the reply is complete there, and a small model would otherwise
 ramble on to max_tokens. A marker written mid-reasoning therefore ends the reply early; set
 `policy.stop_after_answer = false` for models that do that.
+
+Speed: each chat's first message (the system prompt, which every round of an episode repeats)
+is prefilled once and its keys and values reused (hf_prefix.py); a batch of several rows decodes
+into a preallocated (static) KV cache instead of one grown by concatenation at every step.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 from rmft_api.models.loading import DeviceName, DtypeName, load_causal_lm
 from rmft_api.providers.base import SamplingParams
+from rmft_api.providers.hf_prefix import PrefixCache, supports_prefix_cache
 from rmft_api.schema import Completion, Message, Usage
 
 log = logging.getLogger(__name__)
@@ -175,7 +180,14 @@ class HFProvider:
         dtype: DtypeName = "auto",
         answer_marker: str | None = None,
         seed: int = 0,
+        prefix_cache_tokens: int = 32768,
     ) -> None:
+        """
+        Args:
+            prefix_cache_tokens: tokens of chat prefixes (each chat's first message) whose keys
+                and values are kept between calls, so a system prompt is prefilled once per
+                episode, not once per round (see hf_prefix.py); 0 turns it off.
+        """
         self.spec = spec
         self.batch_size = max(1, batch_size)
         self.answer_marker = answer_marker
@@ -188,6 +200,13 @@ class HFProvider:
             # Pad with EOS when the tokenizer has no pad token; attention masks hide it anyway.
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._eos_ids = self._collect_eos_ids()
+        # Preallocated KV caches for batches (see _static_cache_for); off where unsupported.
+        self._static_cache = bool(self._model._supports_default_dynamic_cache())
+        self.prefix_cache: PrefixCache | None = None
+        if prefix_cache_tokens > 0 and self._static_cache and supports_prefix_cache(self._model):
+            self.prefix_cache = PrefixCache(
+                self._model, tokenize=self._token_ids, max_tokens=prefix_cache_tokens
+            )
         # torch's RNG is process-global: one generate at a time per provider.
         self._lock = threading.Lock()
         self.batches = 0  # generate calls made (a lock-step rollout makes one per round)
@@ -213,6 +232,18 @@ class HFProvider:
         )
         return text
 
+    def _prefix_text(self, chat: Sequence[Message]) -> str | None:
+        """The rendered first message, when more follows it (the part rounds share)."""
+        if self.prefix_cache is None or len(chat) < 2:
+            return None
+        first = [{"role": chat[0].role, "content": chat[0].content}]
+        text: str = self._tokenizer.apply_chat_template(first, tokenize=False)
+        return text
+
+    def _token_ids(self, text: str) -> list[int]:
+        ids: list[int] = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
     async def generate(
         self,
         chats: Sequence[Sequence[Message]],
@@ -232,6 +263,7 @@ class HFProvider:
         self, chats: Sequence[Sequence[Message]], sampling: SamplingParams, ids: list[str]
     ) -> list[Completion]:
         prompts = [self.render(chat) for chat in chats]
+        prefixes = [self._prefix_text(chat) for chat in chats]
         results: list[Completion] = []
         with self._lock:
             start = 0
@@ -239,7 +271,12 @@ class HFProvider:
                 end = min(len(prompts), start + self.batch_size)
                 try:
                     results.extend(
-                        self._generate_chunk(prompts[start:end], sampling, ids[start:end])
+                        self._generate_chunk(
+                            prompts[start:end],
+                            sampling,
+                            ids[start:end],
+                            prefixes=prefixes[start:end],
+                        )
                     )
                 except Exception as e:
                     if not _is_oom(e):
@@ -259,8 +296,29 @@ class HFProvider:
     def _release_cache(self) -> None:
         import torch
 
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _eos_end(self, tokens: Sequence[int]) -> int | None:
+        """Tokens up to and including the first end-of-sequence token; None if there is none."""
+        for i, token in enumerate(tokens):
+            if token in self._eos_ids:
+                return i + 1
+        return None
+
+    def _static_cache_for(self, length: int) -> Any:
+        """A KV cache allocated once for the whole generation of a batch of several rows.
+
+        The default dynamic cache grows by concatenation, copying every row's keys and values at
+        every step: for a batch of 64 on a CPU that copy was the largest cost of a step (a static
+        cache cut a step from ~7 to ~4 ms there); one row gains nothing. Sized to this call
+        (prompt + max new tokens), so one long prompt does not slow every later batch.
+        """
+        from transformers import StaticCache
+
+        return StaticCache(config=self._model.config, max_cache_len=length)
 
     def _row_seeds(self, sampling: SamplingParams, ids: Sequence[str]) -> list[int]:
         base = self._seed if sampling.seed is None else sampling.seed
@@ -268,25 +326,52 @@ class HFProvider:
         return [int.from_bytes(d[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF for d in digests]
 
     def _generate_chunk(
-        self, prompts: list[str], sampling: SamplingParams, ids: Sequence[str]
+        self,
+        prompts: list[str],
+        sampling: SamplingParams,
+        ids: Sequence[str],
+        *,
+        prefixes: Sequence[str | None] | None = None,
     ) -> list[Completion]:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         began = time.perf_counter()
         self.batches += 1
-        enc = self._tokenizer(
-            prompts, return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(self.device)
-        prompt_len = int(enc["input_ids"].shape[1])
-        stopper = _RowStopper(
-            self._tokenizer,
-            prompt_len=prompt_len,
-            batch=len(prompts),
-            eos_ids=self._eos_ids,
-            stop=sampling.stop,
-            answer_marker=self.answer_marker,
-        )
+        options: dict[str, Any] = {}
+        batch = None
+        if self.prefix_cache is not None and prefixes is not None and any(prefixes):
+            batch = self.prefix_cache.build(
+                [self._token_ids(p) for p in prompts],
+                prefixes,
+                pad_id=int(self._tokenizer.pad_token_id),
+                new_tokens=sampling.max_tokens,
+            )
+        if batch is not None:
+            enc: Any = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            options["past_key_values"] = batch.cache
+            prompt_len = batch.prompt_len
+        else:
+            enc = self._tokenizer(
+                prompts, return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.device)
+            prompt_len = int(enc["input_ids"].shape[1])
+        # Stop strings and the answer marker need each row's text as it grows; end-of-sequence
+        # tokens alone are handled by `generate` itself: then the per-step decoding (a tokenizer
+        # call every step) is skipped and each row's end is read off its tokens afterwards.
+        stopper: _RowStopper | None = None
+        if sampling.stop or self.answer_marker is not None:
+            stopper = _RowStopper(
+                self._tokenizer,
+                prompt_len=prompt_len,
+                batch=len(prompts),
+                eos_ids=self._eos_ids,
+                stop=sampling.stop,
+                answer_marker=self.answer_marker,
+            )
+            options["stopping_criteria"] = StoppingCriteriaList([stopper])
+        if len(prompts) > 1 and self._static_cache and batch is None:
+            options["past_key_values"] = self._static_cache_for(prompt_len + sampling.max_tokens)
         # Sampling is greedy decoding over per-row Gumbel-perturbed logits (see _RowSampler).
         processors = LogitsProcessorList()
         if sampling.temperature > 0:
@@ -306,16 +391,16 @@ class HFProvider:
                 top_k=None,
                 max_new_tokens=sampling.max_tokens,
                 logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([stopper]),
                 pad_token_id=self._tokenizer.pad_token_id,
                 eos_token_id=sorted(self._eos_ids) or None,
+                **options,
             )
         generated = out[:, prompt_len:].tolist()
         prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
         latency = time.perf_counter() - began
         completions: list[Completion] = []
         for row, tokens in enumerate(generated):
-            done_at = stopper.done_at[row]
+            done_at = stopper.done_at[row] if stopper is not None else self._eos_end(tokens)
             n_tokens = len(tokens) if done_at is None else done_at
             text = self._tokenizer.decode(tokens[:n_tokens], skip_special_tokens=True)
             text = trim_reply(text, stop=sampling.stop, answer_marker=self.answer_marker)
