@@ -32,9 +32,12 @@ typecheck: install
 
 check: lint typecheck test
 
+# The embedded default end to end, offline, on CPU: builds (or reuses) the bootstrap model in
+# $$RMFT_CACHE (default ~/.cache/rmft-api), runs Iterative RMFT with configs/default.toml and prints
+# the per-iteration table. Figures and timings: docs/demo.md.
 demo: install
-	$(BIN)/rmft-api baselines --env mab --preset hard --replicates 200
-	$(BIN)/rmft-api baselines --env fol --replicates 50
+	$(BIN)/rmft-api bootstrap-model
+	$(BIN)/rmft-api run --name demo
 
 # The OpenAI path end to end against a loopback sandbox (no key, no cost): 2 short iterations.
 # Needs the offline bootstrap model (issue 5); rmft_api/sandbox/demo.py lands with it.

@@ -83,8 +83,9 @@ def baselines(
 
 
 def _render_baselines(report: BaselinesReport) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from rmft_api.console import table_console
 
     def fmt(x: float | None, spec: str = ".3f") -> str:
         return "—" if x is None else format(x, spec)
@@ -99,7 +100,7 @@ def _render_baselines(report: BaselinesReport) -> None:
             t.add_row(name, f"{s.mean_regret:.2f}", ci, *cells)
         return t
 
-    console = Console()
+    console = table_console()
     head = f"{report.env}, K={report.num_arms}, T={report.horizon}, {report.replicates} replicates"
     for fam, block in (report.families or {}).items():
         console.print(table(f"{head} — {fam}", block.agents))
@@ -147,10 +148,11 @@ def validate(
 
 
 def _render_validation(report: ValidationReport) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from rmft_api.console import table_console
+
+    console = table_console()
     if report.problems:
         t = Table(title=f"{report.path}: {sum(report.rule_counts.values())} problem(s)")
         for col in ("line", "rule", "message"):
@@ -399,11 +401,12 @@ class _RolloutProgressView:
 
 
 def _render_rollout(report: RolloutReport) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from rmft_api.console import table_console
+
     s = report.summary
-    console = Console()
+    console = table_console()
     head = (
         f"{s.policy_spec} on {report.env}, K={report.num_arms}, T={report.horizon}: "
         f"{report.scenarios} scenarios × {report.rollouts_per_scenario} rollouts"
@@ -560,6 +563,24 @@ def compare(
     render_comparison(result)
     if json_out:
         typer.echo(result.model_dump_json())
+
+
+@app.command("bootstrap-model")
+def bootstrap_model_cmd(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Model directory; default: the cache ($RMFT_CACHE).", file_okay=False
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of weights, data and order.")] = 0,
+) -> None:
+    """Build (or find cached) the offline base model: a tiny LM pre-trained on mediocre play."""
+    from rmft_api.bootstrap import bootstrap_model, cached_bootstrap
+
+    if cached_bootstrap(out, seed=seed) is None:
+        typer.echo("building the bootstrap model (about 3 minutes on a CPU core)...", err=True)
+    typer.echo(bootstrap_model(out, seed=seed))
 
 
 # ---------------------------------------------------------------- commands are added above

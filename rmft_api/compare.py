@@ -7,6 +7,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from rmft_api.console import table_console
 from rmft_api.evaluate import EvalMetrics, RegretSummary
 from rmft_api.generalization import read_grid
 from rmft_api.report import iteration_label, task_label
@@ -117,7 +118,7 @@ def _labels(cmp: RunComparison) -> list[str]:
 
 
 def render_comparison(cmp: RunComparison, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or table_console()
     a = {it.label: it for it in cmp.a.iterations}
     b = {it.label: it for it in cmp.b.iterations}
     table = Table(title="held-out mean regret by iteration, run A vs run B", box=box.SIMPLE_HEAD)

@@ -6,6 +6,7 @@ Only this module, the CLI and report.py write to the terminal.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -98,46 +99,65 @@ def _ci(row: IterationStatus) -> str:
     return f"[{row.eval_ci_low:.2f}, {row.eval_ci_high:.2f}]"
 
 
+def table_console(*, stderr: bool = False) -> Console:
+    """A console for tables: the terminal's width, or 200 columns when piped into a file or a CI
+    log (rich would assume 80 there and elide every cell)."""
+    probe = Console(stderr=stderr)
+    if probe.is_terminal:
+        return probe
+    return Console(stderr=stderr, width=max(probe.width, 200))
+
+
+def short_policy(spec: str, base: str | None = None) -> str:
+    """A policy spec short enough for a table cell: `base` (P_0's spec, named in the caption)
+    becomes "P_0" and its adapters "+iter-002/adapter"; other paths keep their last part."""
+    if base and (spec == base or spec.startswith(base + "+")):
+        adapter = spec[len(base) + 1 :]
+        return "+" + "/".join(Path(adapter).parts[-2:]) if adapter else "P_0"
+    head, plus, adapter = spec.partition("+")
+    kind, slash, rest = head.partition("/")
+    if slash and "/" in rest.strip("/"):
+        head = f"{kind}/…/{Path(rest).name}"
+    return head + ("+" + "/".join(Path(adapter).parts[-2:]) if plus else "")
+
+
+def _elide(text: str, width: int) -> str:
+    """The end of `text` (where model and job names differ) within `width` characters."""
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
 def render_status(report: StatusReport, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or table_console()
     table = Table(
         title=f"{report.run} · {report.status} · iteration {report.iteration} · {report.phase}"
+        " · held-out mean regret"
     )
-    for col in (
-        "iter",
-        "phase",
-        "policy",
-        "held-out regret",
-        "95% CI",
-        "ucb1",
-        "thompson",
-        "kept/total",
-        "tokens",
-        "$",
-        "job",
-    ):
-        table.add_column(col, justify="left" if col in ("phase", "policy", "job") else "right")
+    # Figures never elide; long policy and job names give way first.
+    columns = {"iter": 5, "phase": 8, "policy": 16, "regret": 6, "95% CI": 12, "ucb1": 5}
+    columns |= {"thompson": 8, "kept": 8, "tokens": 7, "$": 6, "job": 12, "status": 9}
+    for col, least in columns.items():
+        left = col in ("phase", "policy", "job", "status")
+        table.add_column(col, justify="left" if left else "right", no_wrap=True, min_width=least)
     rows = [(str(r.index), r) for r in report.iterations]
+    base = report.iterations[0].policy if report.iterations else None
+    if base:
+        table.caption = f"P_0 = {base}"
     if report.final is not None:
         rows.append(("final", report.final))
     for label, r in rows:
-        kept = f"{r.kept}/{r.total}" if r.kept is not None else "—"
-        job = f"{r.job_id} ({r.job_status})" if r.job_id else "—"
-        policy = r.policy or "—"
-        if len(policy) > 48:
-            policy = "…" + policy[-47:]
         table.add_row(
             label,
             r.phase,
-            policy,
+            _elide(short_policy(r.policy, base) if r.policy else "—", 36),
             _fmt(r.eval_mean_regret),
             _ci(r),
             _fmt(r.baselines.get("ucb1")),
             _fmt(r.baselines.get("thompson")),
-            kept,
+            f"{r.kept}/{r.total}" if r.kept is not None else "—",
             f"{r.tokens:,}" if r.tokens is not None else "—",
             f"{r.usd:.4f}",
-            job,
+            r.job_id or "—",
+            r.job_status or "—",
         )
     console.print(table)
     if report.message:

@@ -61,8 +61,13 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def init_run(run: RunPaths, cfg: Config, *, source: str | None) -> RunState:
-    """Write run.json and the first state.json of a new run directory."""
+def init_run(
+    run: RunPaths, cfg: Config, *, source: str | None, policy: str | None = None
+) -> RunState:
+    """Write run.json and the first state.json of a new run directory.
+
+    `policy`: P_0's spec when it differs from cfg.policy.spec (a resolved placeholder).
+    """
     info = RunInfo(
         run_id=run.run_id,
         created_at=time.time(),
@@ -73,7 +78,8 @@ def init_run(run: RunPaths, cfg: Config, *, source: str | None) -> RunState:
         git_sha=_git_sha(),
     )
     write_json_atomic(run.run_json, info)
-    state = RunState(run_id=run.run_id, policy=cfg.policy.spec, policies=[cfg.policy.spec])
+    first = policy or cfg.policy.spec
+    state = RunState(run_id=run.run_id, policy=first, policies=[first])
     save_state(run, state)
     return state
 
@@ -189,9 +195,14 @@ def open_run(
                 ),
             )
         return new, run
+    from rmft_api.bootstrap import resolve_bootstrap_spec
+
     path = config_path if config_path is not None else default_config_path()
     cfg = load_config(path, overrides=overrides)
+    # hf/@bootstrap → hf/<cached model dir>, built first when missing: before the run directory
+    # exists, so a kill during the build leaves no half-made run.
+    policy = resolve_bootstrap_spec(cfg.policy.spec)
     run_name = name or cfg.run.name or (Path(path).stem if path is not None else "run")
     run = create_run_dir(cfg.run.runs_dir, run_name)
-    init_run(run, cfg, source=str(path) if path is not None else None)
+    init_run(run, cfg, source=str(path) if path is not None else None, policy=policy)
     return cfg, run

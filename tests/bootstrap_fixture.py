@@ -2,7 +2,8 @@
 
 Random-init tiny models answer in noise, and a few LoRA epochs do not teach them the format, so
 tests that train on a model's own episodes use the embedded default's bootstrap model: built once
-per machine into the bootstrap cache (`$RMFT_CACHE`, else ~/.cache/rmft-api), then reused.
+per machine into the bootstrap cache (`$RMFT_CACHE`, else ~/.cache/rmft-api), then reused. On a
+fresh machine the first test that asks builds it (about 3 minutes on one CPU core).
 """
 
 from __future__ import annotations

@@ -151,7 +151,6 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-@pytest.mark.slow  # builds the bootstrap model on first use (minutes on 2 CPU cores)
 def test_two_iterations_through_the_openai_path_with_real_training(
     tmp_path: Path, sandbox: Callable[..., SandboxServer]
 ) -> None:

@@ -20,9 +20,6 @@ from rmft_api.sandbox.state import SandboxSettings
 from rmft_api.schema import Episode
 from rmft_api.store import read_jsonl
 
-# Builds the bootstrap model on first use (minutes on 2 CPU cores): opt-in until it is cached.
-pytestmark = pytest.mark.slow
-
 KEY = "sk-swap-test"
 
 BASE = """

@@ -9,6 +9,7 @@ the duration of each load or save.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -21,14 +22,20 @@ DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 @contextlib.contextmanager
 def quiet_progress() -> Iterator[None]:
-    """Switch transformers' tqdm bars off inside the block (restored afterwards)."""
+    """Switch transformers' tqdm bars off inside the block (restored afterwards), and the
+    deprecation notice peft triggers in transformers 5 (`is_gradient_checkpointing`), which is
+    theirs to fix and would otherwise land in every run's console."""
     from transformers.utils import logging
 
     hf_logging: Any = logging  # untyped module functions
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
+            yield
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()

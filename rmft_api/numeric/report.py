@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from rmft_api.console import table_console
 from rmft_api.numeric.evaluate import RegretSummary
 from rmft_api.numeric.experiment import NumericResult
 
@@ -21,7 +22,7 @@ def _cells(s: RegretSummary, groups: list[str], *, bandit: bool) -> list[str]:
 
 
 def render_numeric(result: NumericResult, *, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or table_console()
     groups = list(result.iterations[0].groups)
     bandit = result.env == "mab"
     table = Table(title=f"numeric RMFT ({result.env}): held-out final regret R_T")

@@ -19,7 +19,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -198,9 +197,7 @@ def build_peft_model(spec: LoraJobSpec, *, device: torch.device, dtype: torch.dt
     from transformers import AutoModelForCausalLM
 
     cfg = spec.config
-    with quiet_progress(), warnings.catch_warnings():
-        # peft 0.21 reads a property transformers 5 deprecated; nothing for users to act on.
-        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+    with quiet_progress():  # also hides peft's transformers-5 deprecation notice
         base = AutoModelForCausalLM.from_pretrained(spec.base_model, dtype=dtype)
         if spec.init_adapter is not None:
             if not (Path(spec.init_adapter) / "adapter_config.json").is_file():
