@@ -49,9 +49,13 @@ class StatusReport(BaseModel):
     final: IterationStatus | None  # evaluation of the last policy P_N, once reached
 
 
-def _cost(paths: Any) -> float:
+def requests_usd(paths: Any) -> float:
+    """Requests paid in this iteration: rollout, held-out evaluation and the generalization grid."""
+    from rmft_api.generalization import grid_dir
+
     total = 0.0
-    for path in (paths.episodes, paths.eval_episodes):
+    grid = sorted(grid_dir(paths.root).glob("*/episodes.jsonl"))
+    for path in (paths.episodes, paths.eval_episodes, *grid):
         if path.is_file():
             total += sum(e.usage.cost_usd for e in read_jsonl(path, Episode))
     return total
@@ -64,7 +68,7 @@ def _row(run: RunPaths, index: int, *, phase: str, policy: str | None) -> Iterat
     card = read_json(paths.data_card, DataCard) if paths.data_card.is_file() else None
     valid = read_json(paths.validation, ValidationReport) if paths.validation.is_file() else None
     job = read_json(paths.job, JobRef) if paths.job.is_file() else None
-    usd = _cost(paths)
+    usd = requests_usd(paths)
     if job is not None and job.backend == "openai" and job.trained_tokens:
         from rmft_api.providers.pricing import PriceTable
 

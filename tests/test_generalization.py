@@ -28,6 +28,7 @@ from rmft_api.pipeline import training_scenarios
 from rmft_api.providers.agent import AgentProvider
 from rmft_api.providers.registry import resolve_policy, sampling_params
 from rmft_api.rollout import read_episodes
+from rmft_api.run_status import requests_usd
 from rmft_api.store import RunPaths
 
 TRAIN_CONTEXTS = ["buttons", "portfolio"]
@@ -192,3 +193,6 @@ def test_grid_spending_counts_towards_the_budget(tmp_path: Path) -> None:
         ]
         path.write_text("".join(e.model_dump_json() + "\n" for e in priced))
     assert grid_spent_usd(run) == pytest.approx(0.25 * 2 * 5)
+    # ... and shows in the iteration's $ of `rmft-api status`.
+    assert requests_usd(run.iteration(1)) == pytest.approx(0.25 * 2 * 5)
+    assert requests_usd(run.iteration(0)) == 0.0
