@@ -25,7 +25,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ from rmft_api.errors import ConfigError
 from rmft_api.store import write_json_atomic
 
 log = logging.getLogger(__name__)
+
+# Told (steps done, steps in all, current loss) while a model is pre-trained.
+StepCallback = Callable[[int, int, float], None]
 
 BOOTSTRAP_PREFIX = "@bootstrap"
 _FORMAT_VERSION = 1  # bump when the saved layout or the meaning of a setting changes
@@ -126,6 +129,7 @@ def _code_digest() -> str:
     files = [
         here / "bootstrap.py",
         here / "bootstrap_data.py",
+        here / "bootstrap_train.py",
         here / "models" / "tiny.py",
         *sorted((packaged_prompts_dir() / "templates").glob("*.txt")),
         *sorted((packaged_prompts_dir() / "scenarios").glob("*.toml")),
@@ -190,11 +194,13 @@ def bootstrap_model(
     *,
     seed: int = 0,
     settings: BootstrapSettings | None = None,
+    on_step: StepCallback | None = None,
 ) -> Path:
     """The bootstrap model directory for (settings, seed): built when missing, else reused.
 
     `out_dir` None = the cache (`cache_root()/bootstrap-<key>`). An `out_dir` holding a model of
-    other settings is rebuilt. Loads with `hf/<dir>` like any local model.
+    other settings is rebuilt. Loads with `hf/<dir>` like any local model. `on_step` follows
+    the pre-training when a build happens.
     """
     settings = settings or BootstrapSettings()
     key = bootstrap_key(settings, seed)
@@ -206,7 +212,7 @@ def bootstrap_model(
             return out
         tmp = out.parent / f".{out.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        info = _build(tmp, seed=seed, settings=settings, key=key)
+        info = _build(tmp, seed=seed, settings=settings, key=key, on_step=on_step)
         write_json_atomic(tmp / _MARKER_FILE, info)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
@@ -227,13 +233,15 @@ def parse_bootstrap_spec(spec: str) -> tuple[int, str | None] | None:
     return (int(rest[1:]) if rest else 0), adapter or None
 
 
-def resolve_bootstrap_spec(spec: str, *, settings: BootstrapSettings | None = None) -> str:
+def resolve_bootstrap_spec(
+    spec: str, *, settings: BootstrapSettings | None = None, on_step: StepCallback | None = None
+) -> str:
     """`hf/@bootstrap[:<seed>]...` → `hf/<model dir>...` (built when missing); others unchanged."""
     parsed = parse_bootstrap_spec(spec)
     if parsed is None:
         return spec
     seed, adapter = parsed
-    path = bootstrap_model(seed=seed, settings=settings)
+    path = bootstrap_model(seed=seed, settings=settings, on_step=on_step)
     return f"hf/{path}" + (f"+{adapter}" if adapter else "")
 
 
@@ -294,7 +302,14 @@ def _chats(
     )
 
 
-def _build(out: Path, *, seed: int, settings: BootstrapSettings, key: str) -> BootstrapInfo:
+def _build(
+    out: Path,
+    *,
+    seed: int,
+    settings: BootstrapSettings,
+    key: str,
+    on_step: StepCallback | None = None,
+) -> BootstrapInfo:
     import torch
     from tokenizers import AddedToken
 
@@ -341,6 +356,7 @@ def _build(out: Path, *, seed: int, settings: BootstrapSettings, key: str) -> Bo
             learning_rate=settings.learning_rate,
             warmup_steps=settings.warmup_steps,
             weight_decay=settings.weight_decay,
+            on_step=on_step,
         )
     finally:
         torch.set_num_threads(previous_threads)

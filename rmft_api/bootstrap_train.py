@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -287,8 +287,11 @@ def pretrain(
     learning_rate: float,
     warmup_steps: int,
     weight_decay: float,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> float:
     """AdamW with linear warmup then cosine decay; returns the mean loss of the last 10% steps.
+
+    `on_step(done, steps, loss)` is told every 50 steps and at the end (progress display).
 
     Batches are drawn in a seeded order from length-sorted blocks, so little is padding.
     """
@@ -323,7 +326,9 @@ def pretrain(
             if step >= steps - max(1, steps // 10):
                 tail.append(value)
             if step % 50 == 0:
-                log.info("bootstrap step %d/%d loss %.3f", step, steps, value)
+                log.debug("bootstrap step %d/%d loss %.3f", step, steps, value)
+            if on_step is not None and ((step + 1) % 50 == 0 or step + 1 == steps):
+                on_step(step + 1, steps, value)
     model.eval()
     return float(np.mean(tail)) if tail else float("nan")
 

@@ -448,12 +448,20 @@ def run(
     ] = False,
 ) -> None:
     """Run Iterative RMFT: rollout → select → export → validate → train, per iteration."""
-    from rmft_api.console import RichReporter, render_status
+    from rmft_api.console import RichReporter, pretraining_progress, render_status
     from rmft_api.pipeline import Pipeline
     from rmft_api.run_state import open_run
     from rmft_api.run_status import run_status
 
-    cfg, run_paths = open_run(config, overrides=set_ or [], name=name, resume=resume, force=force)
+    with pretraining_progress() as on_step:
+        cfg, run_paths = open_run(
+            config,
+            overrides=set_ or [],
+            name=name,
+            resume=resume,
+            force=force,
+            on_bootstrap_step=on_step,
+        )
     reporter = RichReporter()
     reporter.console.print(f"run directory: {run_paths.root}")
     try:
@@ -577,10 +585,13 @@ def bootstrap_model_cmd(
 ) -> None:
     """Build (or find cached) the offline base model: a tiny LM pre-trained on mediocre play."""
     from rmft_api.bootstrap import bootstrap_model, cached_bootstrap
+    from rmft_api.console import pretraining_progress
 
     if cached_bootstrap(out, seed=seed) is None:
         typer.echo("building the bootstrap model (about 3 minutes on a CPU core)...", err=True)
-    typer.echo(bootstrap_model(out, seed=seed))
+    with pretraining_progress() as on_step:
+        path = bootstrap_model(out, seed=seed, on_step=on_step)
+    typer.echo(path)
 
 
 # ---------------------------------------------------------------- commands are added above

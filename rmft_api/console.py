@@ -5,12 +5,20 @@ Only this module, the CLI and report.py write to the terminal.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from rmft_api.rollout_progress import RolloutProgress
@@ -97,6 +105,32 @@ def _ci(row: IterationStatus) -> str:
     if row.eval_ci_low is None or row.eval_ci_high is None:
         return "—"
     return f"[{row.eval_ci_low:.2f}, {row.eval_ci_high:.2f}]"
+
+
+@contextlib.contextmanager
+def pretraining_progress() -> Iterator[Callable[[int, int, float], None]]:
+    """A step callback for building the bootstrap model: a progress bar on stderr, shown only
+    once a build actually starts (a cached model prints nothing)."""
+    progress = Progress(
+        TextColumn("pre-training the bootstrap model"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = progress.add_task("pretrain", total=None, loss="—")
+
+    def on_step(done: int, steps: int, loss: float) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=done, total=steps, loss=f"{loss:.3f}")
+
+    try:
+        yield on_step
+    finally:
+        progress.stop()
 
 
 def table_console(*, stderr: bool = False) -> Console:

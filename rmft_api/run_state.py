@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,8 +156,12 @@ def open_run(
     name: str | None = None,
     resume: str | Path | None = None,
     force: bool = False,
+    on_bootstrap_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[Config, RunPaths]:
     """A new run directory for a config, or an existing one to resume.
+
+    `on_bootstrap_step` follows the build of the bootstrap model when the policy names one that
+    is not built yet.
 
     Resuming with a config file or overrides compares them with run.json and refuses any
     difference (listing the keys) unless `force`.
@@ -201,7 +206,7 @@ def open_run(
     cfg = load_config(path, overrides=overrides)
     # hf/@bootstrap → hf/<cached model dir>, built first when missing: before the run directory
     # exists, so a kill during the build leaves no half-made run.
-    policy = resolve_bootstrap_spec(cfg.policy.spec)
+    policy = resolve_bootstrap_spec(cfg.policy.spec, on_step=on_bootstrap_step)
     run_name = name or cfg.run.name or (Path(path).stem if path is not None else "run")
     run = create_run_dir(cfg.run.runs_dir, run_name)
     init_run(run, cfg, source=str(path) if path is not None else None, policy=policy)

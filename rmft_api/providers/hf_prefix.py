@@ -25,6 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rmft_api.providers.hf_batch import PREFILL_ROWS as _PREFILL_ROWS
+from rmft_api.providers.hf_batch import batch_cache, prefill_rows
+
 
 @dataclass
 class _Entry:
@@ -109,11 +112,13 @@ class PrefixCache:
             mask[i, width_p + width_s - len(rest) :] = 1
         cache = self._filled_cache(entries, width_p, total=width_p + width_s + new_tokens)
         device = self._model.device
+        ids, mask = ids.to(device), mask.to(device)
+        if len(rows) > 1:
+            # All but the last column now, a few rows at a time (hf_batch.prefill_rows);
+            # `generate` then starts from the last prompt token of every row.
+            prefill_rows(self._model, cache, ids, mask, end=width_p + width_s - 1)
         return PrefixBatch(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            cache=cache,
-            prompt_len=width_p + width_s,
+            input_ids=ids, attention_mask=mask, cache=cache, prompt_len=width_p + width_s
         )
 
     # ------------------------------------------------------------------ internals
@@ -150,7 +155,16 @@ class PrefixCache:
         return out
 
     def _compute(self, missing: dict[str, list[int]]) -> None:
-        """Prefill the missing prefixes in one left-padded forward pass and keep their KV."""
+        """Prefill the missing prefixes, left-padded, a few at a time (similar lengths together:
+        less padding; small calls: see hf_batch.prefill_rows), and keep their KV."""
+        texts = sorted(missing, key=lambda text: len(missing[text]))
+        for first in range(0, len(texts), _PREFILL_ROWS):
+            self._compute_rows({t: missing[t] for t in texts[first : first + _PREFILL_ROWS]})
+        while self._tokens > self.max_tokens and self._entries:
+            _, old = self._entries.popitem(last=False)
+            self._tokens -= len(old.ids)
+
+    def _compute_rows(self, missing: dict[str, list[int]]) -> None:
         import torch
 
         texts = list(missing)
@@ -178,20 +192,17 @@ class PrefixCache:
             values = [layer.values[i, :, longest - n :, :].clone() for layer in layers]
             self._entries[text] = _Entry(ids=missing[text], keys=keys, values=values)
             self._tokens += n
-        while self._tokens > self.max_tokens and self._entries:
-            _, old = self._entries.popitem(last=False)
-            self._tokens -= len(old.ids)
 
     def _filled_cache(self, entries: Sequence[_Entry | None], width: int, *, total: int) -> Any:
         """A cache of `total` columns holding each row's prefix right-aligned in its first
         `width` columns (zeros under the padding, which the mask hides)."""
         import torch
-        from transformers import DynamicCache, StaticCache
+        from transformers import DynamicCache
 
         config = self._model.config
         # One row: the dynamic cache is as fast and allocates nothing up front (see hf.py).
         cache = (
-            StaticCache(config=config, max_cache_len=total)
+            batch_cache(config, max_cache_len=total, device=self._model.device)
             if len(entries) > 1
             else DynamicCache(config=config)
         )

@@ -19,7 +19,7 @@ SANDBOX_KEY = "sk-sandbox-demo"  # the sandbox accepts any key; a real one is ne
 def run_demo(config: Path = CONFIG) -> Path:
     """Run the demo; returns the run directory."""
     from rmft_api.bootstrap import bootstrap_model
-    from rmft_api.console import RichReporter, render_status
+    from rmft_api.console import RichReporter, pretraining_progress, render_status
     from rmft_api.pipeline import Pipeline
     from rmft_api.providers.registry import resolve
     from rmft_api.run_state import open_run
@@ -27,8 +27,9 @@ def run_demo(config: Path = CONFIG) -> Path:
     from rmft_api.sandbox.server import SandboxServer
     from rmft_api.sandbox.state import SandboxSettings
 
+    with pretraining_progress() as on_step:
+        model = bootstrap_model(on_step=on_step)
     reporter = RichReporter()
-    model = bootstrap_model()
     reporter.console.print(f"bootstrap model: {model}")
     settings = SandboxSettings(fine_tuning={"validating_s": 0.2, "queued_s": 0.2})
     with SandboxServer(settings, resolve(f"hf/{model}", seed=0)) as server:
