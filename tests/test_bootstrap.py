@@ -172,7 +172,15 @@ def mini_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_bootstrap_is_deterministic_in_its_seed(tmp_path: Path, mini_model: Path) -> None:
-    again = bootstrap_model(tmp_path / "again", seed=0, settings=MINI)
+    told: list[tuple[int, int]] = []
+    again = bootstrap_model(
+        tmp_path / "again", seed=0, settings=MINI, on_step=lambda d, n, _: told.append((d, n))
+    )
+    assert told == [(MINI.steps, MINI.steps)]  # every 50 steps and the last
+    assert bootstrap_model(
+        tmp_path / "again", seed=0, settings=MINI, on_step=lambda d, n, _: told.append((d, n))
+    )
+    assert len(told) == 1  # found built: no training, nothing told
     other = bootstrap_model(tmp_path / "other", seed=1, settings=MINI)
     assert _weights_digest(again) == _weights_digest(mini_model)
     assert _weights_digest(other) != _weights_digest(mini_model)
