@@ -96,8 +96,9 @@ def _copy_prior(model: Any, tokenizer: Any, *, names: Sequence[str], means: Sequ
 
     A policy must answer with one of the arm names its prompt lists (a few hundred rare tokens)
     and, to decide well, tie each name to the count and mean printed after it. A tiny model
-    learns such in-context copying from scratch only after a plateau far longer than a CPU
-    budget (measured: docs/demo.md), so the weights start with the circuit's shape:
+    learns such in-context copying from scratch only after a long plateau (longer, in this
+    builder's development runs, than the few minutes of CPU it is given), so the weights start
+    with the circuit's shape:
 
     - embeddings: every name = a shared "name" direction + its own vector in a `head_dim`-wide
       name subspace; every displayed mean = a "number" direction + its value along a "value"

@@ -35,6 +35,10 @@ ConfigOpt = Annotated[
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key: --set env.horizon=200.")
 ]
+LatestRunArg = Annotated[
+    Path | None,
+    typer.Argument(help="Run directory; default: the latest under runs/.", file_okay=False),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 
 
@@ -476,28 +480,16 @@ def run(
 
 @app.command()
 def status(
-    run_dir: Annotated[
-        Path | None,
-        typer.Argument(help="Run directory; default: the latest under runs/.", file_okay=False),
-    ] = None,
+    run_dir: LatestRunArg = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Per iteration: phase, policy, held-out regret ± 95% CI, kept/total, tokens, $, job."""
     import json
 
     from rmft_api.console import render_status
-    from rmft_api.errors import StateError
     from rmft_api.run_status import run_status
-    from rmft_api.store import RunPaths, latest_run
 
-    if run_dir is None:
-        found = latest_run("runs")
-        if found is None:
-            raise StateError("no run under runs/; pass a run directory")
-        paths = found
-    else:
-        paths = RunPaths(run_dir)
-    report = run_status(paths)
+    report = run_status(_run_dir_or_latest(run_dir))
     render_status(report)
     if json_out:
         typer.echo(json.dumps(report.model_dump(mode="json")))
@@ -522,10 +514,7 @@ def cancel(
 
 @app.command()
 def report(
-    run_dir: Annotated[
-        Path | None,
-        typer.Argument(help="Run directory; default: the latest under runs/.", file_okay=False),
-    ] = None,
+    run_dir: LatestRunArg = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Write RUN_DIR/report/: report.md, PNG plots and summary.json, from the run's files."""

@@ -29,12 +29,16 @@ from rmft_api.config import AgentsConfig
 from rmft_api.envs.templates import load_templates
 from rmft_api.envs.transcript import TranscriptReader, TranscriptView
 from rmft_api.errors import ConfigError
-from rmft_api.providers.base import SamplingParams
-from rmft_api.providers.scripted import LOCAL_BATCH_SIZE, answer_text, chat_digest, usage_estimate
-from rmft_api.schema import Completion, Message
+from rmft_api.providers.scripted import (
+    LOCAL_BATCH_SIZE,
+    InProcessReplies,
+    answer_text,
+    chat_digest,
+)
+from rmft_api.schema import Message
 
 
-class AgentProvider:
+class AgentProvider(InProcessReplies):
     """A named classic agent as a provider; `env_kind` picks bandit (mab/ns) or experts (fol)."""
 
     def __init__(
@@ -118,27 +122,3 @@ class AgentProvider:
             seen = "not tried yet"
         name = view.arm_names[arm]
         return answer_text(view, arm, reasoning=f"{agent.name}: {name} ({seen}).")
-
-    async def generate(
-        self,
-        chats: Sequence[Sequence[Message]],
-        sampling: SamplingParams,
-        *,
-        request_ids: Sequence[str] | None = None,
-    ) -> list[Completion]:
-        ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(chats)
-        out: list[Completion] = []
-        for chat, rid in zip(chats, ids, strict=True):
-            self.requests += 1
-            try:
-                text = self.reply(chat, request_id=rid)
-            except ConfigError as e:
-                out.append(Completion(error=f"{self.spec}: cannot read the chat: {e}"))
-                continue
-            out.append(
-                Completion(text=text, finish_reason="stop", usage=usage_estimate(chat, text))
-            )
-        return out
-
-    async def aclose(self) -> None:
-        """Nothing to release."""

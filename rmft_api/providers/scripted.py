@@ -69,7 +69,43 @@ def usage_estimate(chat: Sequence[Message], reply: str) -> Usage:
     )
 
 
-class ScriptedProvider:
+class InProcessReplies:
+    """Shared by the in-process providers (scripted, agent): `generate` answers each chat with
+    the subclass's `reply`, counting requests; a chat it cannot read becomes that completion's
+    error, not the batch's."""
+
+    spec: str
+    requests: int
+
+    def reply(self, chat: Sequence[Message], *, request_id: str | None = None) -> str:
+        raise NotImplementedError
+
+    async def generate(
+        self,
+        chats: Sequence[Sequence[Message]],
+        sampling: SamplingParams,
+        *,
+        request_ids: Sequence[str] | None = None,
+    ) -> list[Completion]:
+        ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(chats)
+        out: list[Completion] = []
+        for chat, rid in zip(chats, ids, strict=True):
+            self.requests += 1
+            try:
+                text = self.reply(chat, request_id=rid)
+            except ConfigError as e:
+                out.append(Completion(error=f"{self.spec}: cannot read the chat: {e}"))
+                continue
+            out.append(
+                Completion(text=text, finish_reason="stop", usage=usage_estimate(chat, text))
+            )
+        return out
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+class ScriptedProvider(InProcessReplies):
     """Answers every chat by a fixed rule (see the module docstring)."""
 
     def __init__(
@@ -107,27 +143,3 @@ class ScriptedProvider:
         else:
             choice = int(rng.integers(k))
         return answer_text(view, choice, reasoning="Scripted: a random choice.")
-
-    async def generate(
-        self,
-        chats: Sequence[Sequence[Message]],
-        sampling: SamplingParams,
-        *,
-        request_ids: Sequence[str] | None = None,
-    ) -> list[Completion]:
-        ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(chats)
-        out: list[Completion] = []
-        for chat, rid in zip(chats, ids, strict=True):
-            self.requests += 1
-            try:
-                text = self.reply(chat, request_id=rid)
-            except ConfigError as e:
-                out.append(Completion(error=f"{self.spec}: cannot read the chat: {e}"))
-                continue
-            out.append(
-                Completion(text=text, finish_reason="stop", usage=usage_estimate(chat, text))
-            )
-        return out
-
-    async def aclose(self) -> None:
-        """Nothing to release."""

@@ -204,23 +204,21 @@ def routes(state: SandboxState) -> list[Route]:
         await jobs.cancel(job)
         return JSONResponse(job.as_json())
 
-    async def events(request: Request) -> Response:
+    def newest_first(request: Request, attribute: str, *, default_limit: int) -> Response:
+        """A job's events or checkpoints, newest first, paged as OpenAI pages them."""
         job = found(request)
         if isinstance(job, Response):
             return job
-        limit = query_limit(request, 20, maximum=100)
+        limit = query_limit(request, default_limit, maximum=100)
         if isinstance(limit, Response):
             return limit
-        return _paged(request, list(reversed(job.events)), limit)
+        return _paged(request, list(reversed(getattr(job, attribute))), limit)
+
+    async def events(request: Request) -> Response:
+        return newest_first(request, "events", default_limit=20)
 
     async def checkpoints(request: Request) -> Response:
-        job = found(request)
-        if isinstance(job, Response):
-            return job
-        limit = query_limit(request, 10, maximum=100)
-        if isinstance(limit, Response):
-            return limit
-        return _paged(request, list(reversed(job.checkpoints)), limit)
+        return newest_first(request, "checkpoints", default_limit=10)
 
     return [
         Route("/v1/fine_tuning/jobs", create, methods=["POST"]),
