@@ -189,6 +189,25 @@ def test_bootstrap_is_deterministic_in_its_seed(tmp_path: Path, mini_model: Path
     assert info["examples"] > 0 and np.isfinite(info["final_loss"])
 
 
+def test_the_weights_do_not_depend_on_the_callers_torch_threads(tmp_path: Path) -> None:
+    """The random init (a QR) rounds differently on 1 and 2 threads at this width: a build
+    must not inherit whatever thread count the calling process (a test run, a CLI) had set."""
+    import torch
+
+    settings = MINI.model_copy(update={"hidden_size": 64, "num_heads": 4})
+    previous = torch.get_num_threads()
+    digests = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            out = bootstrap_model(tmp_path / f"t{threads}", seed=0, settings=settings)
+            digests.append(_weights_digest(out))
+            assert torch.get_num_threads() == threads  # restored after the build
+    finally:
+        torch.set_num_threads(previous)
+    assert digests[0] == digests[1]
+
+
 def test_a_built_model_is_reused_and_other_settings_rebuild(
     tmp_path: Path, mini_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
