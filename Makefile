@@ -4,18 +4,24 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
+LOCK    := constraints.txt
 EXTRAS  := local,sandbox,report,dev
 
-.PHONY: install test check lint typecheck demo sandbox-demo bench clean
+.PHONY: install test check lint typecheck demo sandbox-demo bench clean lock upgrade-check
 
-$(BIN)/python:
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-
-# torch first: installing it through a dependency would pull the multi-GB CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+# torch first: installing it through a dependency would pull the multi-GB CUDA build. Everything
+# else comes from the lock (constraints.txt: the exact versions the suite passes with); a changed
+# lock gets a fresh venv, so nothing an older lock installed lingers.
+$(STAMP): pyproject.toml $(LOCK)
+	@if [ -d $(VENV) ] && ! cmp -s $(LOCK) $(VENV)/lock.txt; then \
+		echo "$(LOCK) differs from the one $(VENV) was built from: rebuilding $(VENV)"; \
+		rm -rf $(VENV); fi
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c $(LOCK) --upgrade pip setuptools
+	$(BIN)/pip install --quiet -c $(LOCK) $(TORCH)
+	$(BIN)/pip install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
+	$(BIN)/python .ci/lock.py check $(LOCK)
+	cp $(LOCK) $(VENV)/lock.txt
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,8 +30,8 @@ test: install
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check rmft_api tests benchmarks
-	$(BIN)/ruff format --check rmft_api tests benchmarks
+	$(BIN)/ruff check rmft_api tests benchmarks .ci
+	$(BIN)/ruff format --check rmft_api tests benchmarks .ci
 
 typecheck: install
 	$(BIN)/mypy
@@ -47,5 +53,21 @@ sandbox-demo: install
 bench: install
 	$(BIN)/python benchmarks/rollout.py
 
+# Rewrite the lock from the current venv (after a deliberate upgrade that passes `make check`).
+lock: install
+	$(BIN)/python .ci/lock.py write $(LOCK)
+
+# Drift, seen before users see it: the newest releases pyproject.toml allows, in a separate venv,
+# against the whole suite. Prints what differs from the lock.
+UPGRADE := .venv-upgrade
+upgrade-check:
+	rm -rf $(UPGRADE)
+	$(PY) -m venv $(UPGRADE)
+	$(UPGRADE)/bin/pip install --quiet --upgrade pip setuptools
+	$(UPGRADE)/bin/pip install --quiet $(TORCH)
+	$(UPGRADE)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
+	$(UPGRADE)/bin/python .ci/lock.py diff $(LOCK) || true
+	$(UPGRADE)/bin/pytest -q
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(UPGRADE) .mypy_cache .pytest_cache .ruff_cache

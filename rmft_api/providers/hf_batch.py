@@ -85,7 +85,7 @@ def _filled_static_layer_class() -> Any:
             """A layer over rows start..end of this one's storage (writes land here), taken
             as filled up to column `filled`."""
             view = type(self)(self.max_cache_len)
-            view.dtype, view.device = self.dtype, self.device
+            view.device = self.device
             view.batch_size, view.num_heads = end - start, self.num_heads
             view.k_head_dim, view.v_head_dim = self.k_head_dim, self.v_head_dim
             view.keys, view.values = self.keys[start:end], self.values[start:end]
