@@ -72,7 +72,10 @@ def main(argv: list[str]) -> int:
     command, path = argv[0], Path(argv[1])
     have = installed()
     if command == "write":
-        body = "".join(f"{name}=={version}\n" for name, version in sorted(have.values(), key=lambda p: canonical(p[0])))
+        body = "".join(
+            f"{name}=={version}\n"
+            for name, version in sorted(have.values(), key=lambda p: canonical(p[0]))
+        )
         path.write_text(HEADER + body)
         print(f"wrote {len(have)} pins to {path}")
         return 0
