@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 LOCK    := constraints.txt
 EXTRAS  := local,sandbox,report,dev
 
-.PHONY: install test check lint typecheck demo sandbox-demo bench clean lock upgrade-check
+.PHONY: install test check lint typecheck demo sandbox-demo bench clean lock upgrade-check wheel-check
 
 # torch first: installing it through a dependency would pull the multi-GB CUDA build. Everything
 # else comes from the lock (constraints.txt: the exact versions the suite passes with); a changed
@@ -30,8 +30,8 @@ test: install
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check rmft_api tests benchmarks .ci
-	$(BIN)/ruff format --check rmft_api tests benchmarks .ci
+	$(BIN)/ruff check rmft_api tests benchmarks .ci setup.py
+	$(BIN)/ruff format --check rmft_api tests benchmarks .ci setup.py
 
 typecheck: install
 	$(BIN)/mypy
@@ -69,5 +69,18 @@ upgrade-check:
 	$(UPGRADE)/bin/python .ci/lock.py diff $(LOCK) || true
 	$(UPGRADE)/bin/pytest -q
 
+# A non-editable install as a user gets it: the wheel, into a new venv, its dependencies from the
+# index under the lock; then the CLI from a directory outside the source tree.
+WHEELVENV := .venv-wheel
+wheel-check: install
+	rm -rf $(WHEELVENV) dist
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+	$(PY) -m venv $(WHEELVENV)
+	$(WHEELVENV)/bin/pip install --quiet -c $(LOCK) $(TORCH)
+	$(WHEELVENV)/bin/pip install --quiet -c $(LOCK) "$$(ls dist/rmft_api-*.whl)[local,sandbox,report]"
+	cd "$$(mktemp -d)" && $(CURDIR)/$(WHEELVENV)/bin/rmft-api baselines --env mab --replicates 20 \
+		&& $(CURDIR)/$(WHEELVENV)/bin/rmft-api prompt-preview --env mab | tail -3 \
+		&& $(CURDIR)/$(WHEELVENV)/bin/python -c "import rmft_api.shipped as s; print(s.default_config())"
+
 clean:
-	rm -rf $(VENV) $(UPGRADE) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(UPGRADE) $(WHEELVENV) dist build .mypy_cache .pytest_cache .ruff_cache

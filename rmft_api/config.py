@@ -241,6 +241,12 @@ class PolicyConfig(Section):
         default=True,
         description="hf: stop generating at the end of the line carrying the answer marker.",
     )
+    fast_path: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="hf: the lock-step fast path (prefix KV reuse, filled static cache), built on "
+        "transformers internals; auto = only on the transformers releases it was tested with, "
+        "else the public generate path (same greedy replies, slower). on / off force it.",
+    )
 
 
 class RolloutConfig(Section):
@@ -708,12 +714,17 @@ def load_config(
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
+        from rmft_api.shipped import find_config, shipped_configs
+
+        p = find_config(path)
         source = str(p)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError as e:
-            raise ConfigError(f"config file not found: {p}") from e
+            names = ", ".join(shipped_configs()) or "none in this install"
+            raise ConfigError(
+                f"config file not found: {p} (shipped configs, usable by name: {names})"
+            ) from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: not valid TOML: {e}") from e
         except UnicodeDecodeError as e:

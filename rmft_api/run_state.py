@@ -143,10 +143,11 @@ def spent_usd(run: RunPaths) -> float:
     return total
 
 
-def default_config_path() -> Path | None:
-    """configs/default.toml of the source tree, when present (the embedded default)."""
-    candidate = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
-    return candidate if candidate.is_file() else None
+def default_config_path() -> Path:
+    """The embedded default config (configs/default.toml, shipped in the package)."""
+    from rmft_api.shipped import default_config
+
+    return default_config()
 
 
 def open_run(
@@ -201,13 +202,14 @@ def open_run(
             )
         return new, run
     from rmft_api.bootstrap import resolve_bootstrap_spec
+    from rmft_api.shipped import find_config
 
-    path = config_path if config_path is not None else default_config_path()
+    path = find_config(config_path) if config_path is not None else default_config_path()
     cfg = load_config(path, overrides=overrides)
     # hf/@bootstrap → hf/<cached model dir>, built first when missing: before the run directory
     # exists, so a kill during the build leaves no half-made run.
     policy = resolve_bootstrap_spec(cfg.policy.spec, on_step=on_bootstrap_step)
-    run_name = name or cfg.run.name or (Path(path).stem if path is not None else "run")
+    run_name = name or cfg.run.name or path.stem
     run = create_run_dir(cfg.run.runs_dir, run_name)
-    init_run(run, cfg, source=str(path) if path is not None else None, policy=policy)
+    init_run(run, cfg, source=str(path), policy=policy)
     return cfg, run

@@ -7,15 +7,14 @@ braces in the answer format need no escaping. Each template may use only the var
 
 Where the files come from: `PromptConfig.templates_dir` (a directory holding `<name>.txt`
 files, or a `templates/` folder; files there replace the packaged ones of the same name) over
-the packaged set, found next to the package (`<repo>/prompts`, source checkouts and editable
-installs) or inside it (`rmft_api/prompts`, for a wheel built with prompts/ mapped in).
+the packaged set (rmft_api/shipped.py: `rmft_api/prompts` in a wheel, `<repo>/prompts` in a
+checkout or editable install).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.resources
 import json
 import string
 from collections.abc import Iterable, Mapping
@@ -25,6 +24,7 @@ from types import MappingProxyType
 
 from rmft_api.envs.parsing import MARKER
 from rmft_api.errors import ConfigError
+from rmft_api.shipped import prompts_dir
 
 _CONTEXT = frozenset({"action_noun", "action_plural"})
 _SETUP = _CONTEXT | {"num_actions", "arm_list", "reward_description", "horizon"}
@@ -79,16 +79,7 @@ _NEEDS_MARKER = (
 
 def packaged_prompts_dir() -> Path:
     """The packaged prompts/ directory (templates/ and scenarios/ inside)."""
-    beside = Path(__file__).resolve().parents[2] / "prompts"
-    if (beside / "templates").is_dir():
-        return beside
-    inside = Path(str(importlib.resources.files("rmft_api"))) / "prompts"
-    if (inside / "templates").is_dir():
-        return inside
-    raise ConfigError(
-        f"prompt templates not found at {beside} or {inside}; "
-        "set prompt.templates_dir to a directory of templates"
-    )
+    return prompts_dir()
 
 
 def _read_dir(directory: Path) -> dict[str, str]:

@@ -16,10 +16,13 @@ text, as OpenAI does) or, with `answer_marker` set, where the answer after the f
 ramble on to max_tokens. A marker written mid-reasoning therefore ends the reply early; set
 `policy.stop_after_answer = false` for models that do that.
 
-Speed: each chat's first message (the system prompt, which every round of an episode repeats)
-is prefilled once and its keys and values reused (hf_prefix.py); a batch of several rows decodes
-into a preallocated KV cache instead of one grown by concatenation at every step, prefills a few
-rows per call and builds its attention masks once per forward (hf_batch.py).
+Speed (the fast path): each chat's first message (the system prompt, which every round of an
+episode repeats) is prefilled once and its keys and values reused (hf_prefix.py); a batch of
+several rows decodes into a preallocated KV cache instead of one grown by concatenation at every
+step, prefills a few rows per call and builds its attention masks once per forward (hf_batch.py).
+These build on transformers internals, so they are used only on the transformers releases they
+were tested with; elsewhere, or if they fail at run time, the provider says so once in the log
+and uses the public path: plain left-padded batched `generate`, with the same greedy replies.
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ from typing import Any
 
 from rmft_api.models.loading import DeviceName, DtypeName, load_causal_lm
 from rmft_api.providers.base import SamplingParams
-from rmft_api.providers.hf_batch import batch_cache, use_additive_masks
+from rmft_api.providers.hf_batch import (
+    ADDITIVE_SDPA,
+    FastPathMode,
+    batch_cache,
+    cache_keyword,
+    fast_path_decision,
+    use_additive_masks,
+)
 from rmft_api.providers.hf_prefix import PrefixCache, supports_prefix_cache
 from rmft_api.schema import Completion, Message, Usage
 
@@ -183,12 +193,15 @@ class HFProvider:
         answer_marker: str | None = None,
         seed: int = 0,
         prefix_cache_tokens: int = 32768,
+        fast_path: FastPathMode = "auto",
     ) -> None:
         """
         Args:
             prefix_cache_tokens: tokens of chat prefixes (each chat's first message) whose keys
                 and values are kept between calls, so a system prompt is prefilled once per
                 episode, not once per round (see hf_prefix.py); 0 turns it off.
+            fast_path: auto = the fast path on tested transformers releases only (see
+                hf_batch.fast_path_decision); on / off force it.
         """
         self.spec = spec
         self.batch_size = max(1, batch_size)
@@ -202,15 +215,18 @@ class HFProvider:
             # Pad with EOS when the tokenizer has no pad token; attention masks hide it anyway.
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._eos_ids = self._collect_eos_ids()
-        # Batch-layout costs cut without changing any row's result (hf_batch.py).
-        use_additive_masks(self._model)
-        # Preallocated KV caches for batches (see _static_cache_for); off where unsupported.
-        self._static_cache = bool(self._model._supports_default_dynamic_cache())
+        self._static_cache = False
         self.prefix_cache: PrefixCache | None = None
-        if prefix_cache_tokens > 0 and self._static_cache and supports_prefix_cache(self._model):
-            self.prefix_cache = PrefixCache(
-                self._model, tokenize=self._token_ids, max_tokens=prefix_cache_tokens
-            )
+        import transformers
+
+        self.fast_path, why = fast_path_decision(fast_path, transformers.__version__)
+        if self.fast_path:
+            try:
+                self._enable_fast_path(prefix_cache_tokens)
+            except Exception as e:  # internals moved: the public path still works
+                self._disable_fast_path(f"setting it up failed ({type(e).__name__}: {e})")
+        elif fast_path == "auto":
+            log.warning("%s: %s", spec, why)
         # torch's RNG is process-global: one generate at a time per provider.
         self._lock = threading.Lock()
         self.batches = 0  # generate calls made (a lock-step rollout makes one per round)
@@ -218,6 +234,33 @@ class HFProvider:
     @property
     def device(self) -> Any:
         return self._model.device
+
+    def _enable_fast_path(self, prefix_cache_tokens: int) -> None:
+        # Batch-layout costs cut without changing any row's result (hf_batch.py).
+        use_additive_masks(self._model)
+        # Preallocated KV caches for batches (see _static_cache_for); off where unsupported.
+        self._static_cache = bool(self._model._supports_default_dynamic_cache())
+        if prefix_cache_tokens > 0 and self._static_cache and supports_prefix_cache(self._model):
+            self.prefix_cache = PrefixCache(
+                self._model, tokenize=self._token_ids, max_tokens=prefix_cache_tokens
+            )
+
+    def _disable_fast_path(self, reason: str) -> None:
+        """From now on, the public path: plain batched `generate`, transformers' own attention."""
+        import transformers
+
+        log.warning(
+            "%s: the lock-step fast path is off for this provider, using the public generate "
+            "path (same replies, slower): %s on transformers %s",
+            self.spec,
+            reason,
+            transformers.__version__,
+        )
+        self.fast_path = False
+        self._static_cache = False
+        self.prefix_cache = None
+        if getattr(self._model.config, "_attn_implementation", None) == ADDITIVE_SDPA:
+            self._model.set_attn_implementation("sdpa")
 
     def _collect_eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -283,6 +326,10 @@ class HFProvider:
                         )
                     )
                 except Exception as e:
+                    if not _is_oom(e) and self.fast_path:
+                        # Internals moved under the fast path: redo this chunk without it.
+                        self._disable_fast_path(f"{type(e).__name__}: {e}")
+                        continue
                     if not _is_oom(e):
                         raise
                     self._release_cache()
@@ -351,7 +398,7 @@ class HFProvider:
             )
         if batch is not None:
             enc: Any = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-            options["past_key_values"] = batch.cache
+            options[cache_keyword()] = batch.cache
             prompt_len = batch.prompt_len
         else:
             enc = self._tokenizer(
@@ -373,7 +420,7 @@ class HFProvider:
             )
             options["stopping_criteria"] = StoppingCriteriaList([stopper])
         if len(prompts) > 1 and self._static_cache and batch is None:
-            options["past_key_values"] = self._static_cache_for(prompt_len + sampling.max_tokens)
+            options[cache_keyword()] = self._static_cache_for(prompt_len + sampling.max_tokens)
         # Sampling is greedy decoding over per-row Gumbel-perturbed logits (see _RowSampler).
         processors = LogitsProcessorList()
         if sampling.temperature > 0:

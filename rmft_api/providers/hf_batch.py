@@ -16,15 +16,70 @@ Three costs there belong to the batch layout, not to the rows' own tokens:
   per call.
 
 A single row (the dynamic cache, no padding: usually no mask at all) is unaffected either way.
+
+All of this builds on transformers internals that move between releases (StaticLayer's
+attributes, the mask functions' keywords, the cache keyword's name: 5.24 renamed
+`past_key_values` to `cache`). So it is the *fast path*, used only on the releases it was tested
+with (`FAST_PATH_TRANSFORMERS`); elsewhere the provider runs the public path, plain left-padded
+batched `generate`, which gives the same greedy replies (tests/test_hf_fast_path.py) and is
+slower (docs/benchmarks.md). `fast_path_decision` makes that choice and says why.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Literal
 
 ADDITIVE_SDPA = "sdpa_additive_mask"
 # Rows per prefill call: their intermediates stay in a core's cache (see `prefill_rows`).
 PREFILL_ROWS = 8
+
+# The transformers releases (oldest, newest; inclusive) the fast path was tested with: the whole
+# suite passes on both (docs/benchmarks.md). Widen only after running it on the new release.
+FAST_PATH_TRANSFORMERS = ((5, 23, 0), (5, 24, 0))
+
+FastPathMode = Literal["auto", "on", "off"]
+
+
+def _release(version: str) -> tuple[int, int, int] | None:
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
+    return None if match is None else (int(match[1]), int(match[2]), int(match[3]))
+
+
+def fast_path_decision(mode: FastPathMode, version: str) -> tuple[bool, str]:
+    """Whether a provider on transformers `version` takes the fast path, and why.
+
+    `auto`: only on a tested release; `on`: always (to try a new release); `off`: never.
+    """
+    oldest, newest = FAST_PATH_TRANSFORMERS
+    tested = f"{'.'.join(map(str, oldest))}–{'.'.join(map(str, newest))}"
+    if mode == "off":
+        return False, "policy.fast_path = off"
+    if mode == "on":
+        return True, f"policy.fast_path = on (transformers {version}; tested: {tested})"
+    release = _release(version)
+    if release is not None and oldest <= release <= newest:
+        return True, f"transformers {version} is a tested release ({tested})"
+    return False, (
+        f"transformers {version} is not a release the lock-step fast path was tested with "
+        f"({tested}): using the public generate path (same replies, slower); "
+        "set policy.fast_path = on to try the fast path anyway"
+    )
+
+
+def cache_keyword() -> str:
+    """The keyword a model's forward and `generate` take a KV cache by: `cache` from transformers
+    5.24 on, `past_key_values` before (deprecated after, removed in 5.40 / 6.0)."""
+    import transformers
+
+    release = _release(transformers.__version__)
+    return "cache" if release is not None and release >= (5, 24, 0) else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned, under either name (see `cache_keyword`)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def batch_cache(config: Any, *, max_cache_len: int, device: Any) -> Any:
@@ -147,9 +202,9 @@ def prefill_rows(
                 input_ids=input_ids[first:last, begin:end],
                 attention_mask=attention_mask[first:last, :end],
                 position_ids=positions[first:last, begin:end],
-                past_key_values=part,
                 use_cache=True,
                 logits_to_keep=1,
+                **{cache_keyword(): part},
             )
     for layer in layers:
         layer.filled = end

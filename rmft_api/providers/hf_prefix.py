@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rmft_api.providers.hf_batch import PREFILL_ROWS as _PREFILL_ROWS
-from rmft_api.providers.hf_batch import batch_cache, prefill_rows
+from rmft_api.providers.hf_batch import batch_cache, output_cache, prefill_rows
 
 
 @dataclass
@@ -185,7 +185,7 @@ class PrefixCache:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        layers = out.past_key_values.layers
+        layers = output_cache(out).layers
         for i, text in enumerate(texts):
             n = len(missing[text])
             keys = [layer.keys[i, :, longest - n :, :].clone() for layer in layers]

@@ -97,7 +97,7 @@ def _hf(spec: str, rest: str, options: dict[str, Any]) -> Provider:
     model_path, plus, adapter_path = rest.partition("+")
     if not model_path or (plus and not adapter_path):
         raise _unknown(spec, "hf needs a model directory or name, e.g. hf/models/tiny[+adapter]")
-    known = ("batch_size", "device", "dtype", "answer_marker", "seed")
+    known = ("batch_size", "device", "dtype", "answer_marker", "seed", "fast_path")
     kwargs = {k: options[k] for k in known if options.get(k) is not None}
     return HFProvider(spec, model_path=model_path, adapter_path=adapter_path or None, **kwargs)
 
@@ -118,6 +118,7 @@ def provider_options(cfg: Config) -> dict[str, Any]:
         "batch_size": policy.batch_size,
         "device": policy.device,
         "dtype": policy.dtype,
+        "fast_path": policy.fast_path,
         "answer_marker": MARKER if policy.stop_after_answer else None,
         "seed": cfg.run.seed,
         "agents": cfg.agents,

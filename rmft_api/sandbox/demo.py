@@ -12,11 +12,11 @@ from pathlib import Path
 
 from rmft_api.errors import RmftError
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sandbox.toml"
+CONFIG = "sandbox"  # the shipped configs/sandbox.toml (rmft_api.shipped.find_config)
 SANDBOX_KEY = "sk-sandbox-demo"  # the sandbox accepts any key; a real one is never needed here
 
 
-def run_demo(config: Path = CONFIG) -> Path:
+def run_demo(config: str | Path = CONFIG) -> Path:
     """Run the demo; returns the run directory."""
     from rmft_api.bootstrap import bootstrap_model
     from rmft_api.console import RichReporter, pretraining_progress, render_status
