@@ -65,7 +65,8 @@ upgrade-check:
 	$(PY) -m venv $(UPGRADE)
 	$(UPGRADE)/bin/pip install --quiet --upgrade pip setuptools
 	$(UPGRADE)/bin/pip install --quiet $(TORCH)
-	$(UPGRADE)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
+	# torch stays at the CPU pin: an eager upgrade would fetch the newest CUDA build (GBs).
+	$(UPGRADE)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]" $(TORCH)
 	$(UPGRADE)/bin/python .ci/lock.py diff $(LOCK) || true
 	$(UPGRADE)/bin/pytest -q
 

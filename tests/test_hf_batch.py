@@ -17,6 +17,7 @@ from rmft_api.providers.hf_batch import (
     ADDITIVE_SDPA,
     _additive_sdpa_mask,
     batch_cache,
+    cache_keyword,
     prefill_rows,
     use_additive_masks,
 )
@@ -73,8 +74,8 @@ def test_row_chunked_prefill_fills_the_cache_as_one_forward_does(model: Any) -> 
             input_ids=ids[:, :end],
             attention_mask=mask[:, :end],
             position_ids=positions[:, :end],
-            past_key_values=one,
             use_cache=True,
+            **{cache_keyword(): one},
         )
     chunked = batch_cache(model.config, max_cache_len=40, device=model.device)
     # Seed the cache with the first columns, as the prefix cache does, then fill the rest.
