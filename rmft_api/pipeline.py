@@ -297,7 +297,7 @@ class Pipeline:
         return sorted(episodes, key=lambda e: (e.scenario_index, e.rollout))
 
     def _select(self, state: RunState, paths: IterationPaths) -> None:
-        from rmft_api.rollout_report import agent_regret
+        from rmft_api.agent_plays import agent_regret
         from rmft_api.selection import select_episodes
         from rmft_api.store import write_text_atomic
 

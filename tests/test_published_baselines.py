@@ -79,6 +79,7 @@ def test_suff_fail_and_min_frac_match_the_published_baselines(name: str) -> None
     for t in (50, 51):  # rounds 50..100 (the text's [T/2, T]) and 51..100 (0-based plots)
         ours = regret.suff_fail_freq(actions, best, t=t)
         assert abs(ours - their_fail) <= fail_tol, (name, t, ours, their_fail, fail_tol)
+    assert regret.suff_fail_half(actions, best) == regret.suff_fail_freq(actions, best, t=50)
     counts = regret.arm_counts(actions, num_arms=5, t=100)
     per_replicate = 5 * counts.min(axis=1) / 100
     ours = regret.k_min_frac(actions, num_arms=5, t=100)

@@ -62,6 +62,18 @@ class EvalConfig(_Section):
     )
     ci_level: float = Field(default=0.95, gt=0, lt=1, description="Bootstrap CI level.")
     bootstrap: int = Field(default=2000, ge=100, description="Bootstrap resamples.")
+    split: Literal["heldout", "validation"] = Field(
+        default="heldout",
+        description="Seed stream of every evaluation set: validation to choose settings, "
+        "heldout (disjoint from it and from training) for the figures reported with them.",
+    )
+    baseline_seeds: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Plays of each classic agent per evaluation scenario (own generator each); "
+        "its regret there is their mean, so one lucky seed cannot decide a comparison.",
+    )
 
 
 class NumericConfig(_Section):
