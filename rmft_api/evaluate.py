@@ -138,16 +138,15 @@ def summarize(
         usage = usage + e.usage
     statuses = [s.status for e in complete for s in e.steps]
     summary = None
-    mine: dict[str, float] = {}
+    mine: dict[str, float] = {}  # the policy's mean regret per scenario
+    curve: list[float] = []
+    growth = curve_growth([])
+    sff = kmf = None
     if complete:
         ids = [e.scenario_id for e in complete]
         summary = scenario_summary([e.regret for e in complete], ids, rng)
         keys, means = regret.scenario_means([e.regret for e in complete], ids)
         mine = {str(k): float(m) for k, m in zip(keys, means, strict=True)}
-    curve: list[float] = []
-    growth = curve_growth([])
-    sff = kmf = None
-    if complete:
         mean_curve = np.mean([episode_curve(e) for e in complete], axis=0)
         curve = [float(x) for x in mean_curve]
         growth = curve_growth(mean_curve)
