@@ -64,12 +64,15 @@ def baselines(
         list[str] | None, typer.Option("--agent", help="Agent to run (repeatable); default: all.")
     ] = None,
     replicates: Annotated[int, typer.Option("--replicates", help="Scenarios per agent.")] = 100,
+    seeds: Annotated[
+        int, typer.Option("--seeds", help="Plays of each agent per scenario (own seed each).")
+    ] = 1,
     horizon: Annotated[int | None, typer.Option("--horizon", help="Overrides env.horizon.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Classic agents on the same scenarios: regret ± 95% CI, diagnostics, reference bounds."""
+    """Classic agents on the same scenarios: regret ± 95% CI, diagnostics, reference rates."""
     import json
 
     from rmft_api.baselines import run_baselines
@@ -79,7 +82,7 @@ def baselines(
     overrides += [f"env.{k}={v}" for k, v in (("kind", env), ("preset", preset)) if v is not None]
     cfg = load_config(config, overrides=overrides)
     report = run_baselines(
-        cfg, replicates=replicates, horizon=horizon, agents=agent, families=family
+        cfg, replicates=replicates, horizon=horizon, agents=agent, families=family, seeds=seeds
     )
     _render_baselines(report)
     if json_out:
@@ -90,6 +93,7 @@ def _render_baselines(report: BaselinesReport) -> None:
     from rich.table import Table
 
     from rmft_api.console import table_console
+    from rmft_api.growth import NO_REGRET
 
     def fmt(x: float | None, spec: str = ".3f") -> str:
         return "—" if x is None else format(x, spec)
@@ -100,23 +104,32 @@ def _render_baselines(report: BaselinesReport) -> None:
             t.add_column(col, justify="left" if col == "agent" else "right")
         for name, s in agents.items():
             ci = f"[{s.ci_low:.1f}, {s.ci_high:.1f}]"
-            cells = (fmt(s.suff_fail_freq), fmt(s.k_min_frac), fmt(s.growth_exponent, ".2f"))
+            beta = NO_REGRET if s.no_regret else fmt(s.growth_exponent, ".2f")
+            cells = (fmt(s.suff_fail_freq), fmt(s.k_min_frac), beta)
             t.add_row(name, f"{s.mean_regret:.2f}", ci, *cells)
         return t
 
     console = table_console()
     head = f"{report.env}, K={report.num_arms}, T={report.horizon}, {report.replicates} replicates"
+    if report.seeds_per_scenario > 1:
+        head += f" × {report.seeds_per_scenario} agent seeds"
     for fam, block in (report.families or {}).items():
         console.print(table(f"{head} — {fam}", block.agents))
         console.print(f"  Hedge bound sqrt(T ln K / 2) = {block.hedge_bound:.2f}")
     if report.families is None or len(report.families) > 1:
         pooled = " — pooled over families" if report.families else ""
         console.print(table(head + pooled, report.agents))
-    console.print("  SuffFail = SuffFailFreq(T/2); β = growth exponent of the mean regret curve")
+    console.print(
+        "  SuffFail = SuffFailFreq(T/2); β = growth exponent of the mean regret curve "
+        f"({NO_REGRET}: the curve ends at or below 0)"
+    )
     if report.analytic.get("uniform") is not None:
         console.print(f"  uniform, analytic expected regret = {report.analytic['uniform']:.2f}")
     if report.lai_robbins is not None:
-        console.print(f"  Lai–Robbins bound log T·Σ Δ/KL = {report.lai_robbins:.2f}")
+        console.print(
+            f"  Lai–Robbins asymptotic rate log T·Σ Δ/KL = {report.lai_robbins:.2f}: how regret "
+            "must grow as T → ∞, not a limit at this T (finite-horizon regret can lie below it)"
+        )
     if report.variation_budget is not None:
         console.print(f"  variation budget V_T (mean) = {report.variation_budget:.2f}")
 
@@ -425,6 +438,9 @@ def _render_rollout(report: RolloutReport) -> None:
             continue
         ci = f"[{stat.ci_low:.2f}, {stat.ci_high:.2f}]"
         t.add_row(name, f"{stat.mean:.2f}", ci, str(stat.scenarios))
+    for name, d in report.differences.items():
+        ci = f"[{d.ci_low:+.2f}, {d.ci_high:+.2f}]"
+        t.add_row(f"policy − {name} (paired)", f"{d.mean:+.2f}", ci, str(d.scenarios))
     console.print(t)
     console.print(
         f"  episodes: {s.complete} complete, {s.errors} error, {s.aborted} aborted, "

@@ -26,6 +26,7 @@ class IterationSummary(BaseModel):
     suff_fail_freq: float | None
     parse_failure_rate: float
     grid: dict[str, RegretSummary | None]
+    differences: dict[str, RegretSummary] = {}  # policy − agent per scenario, paired CI
 
 
 class RunSummary(BaseModel):
@@ -69,6 +70,7 @@ def summarize_run(run: RunPaths) -> RunSummary:
                 suff_fail_freq=m.suff_fail_freq,
                 parse_failure_rate=m.parse_failure_rate,
                 grid={k: g.regret for k, g in read_grid(paths.root).items()},
+                differences=dict(m.differences),
             )
         )
     return RunSummary(
@@ -112,6 +114,10 @@ def _ratio(s: RegretSummary | None, ref: RegretSummary | None) -> str:
     return f"{s.mean / ref.mean:.2f}"
 
 
+def _difference(d: RegretSummary | None) -> str:
+    return "—" if d is None else f"{d.mean:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]"
+
+
 def _labels(cmp: RunComparison) -> list[str]:
     order = {it.label: it.index for r in (cmp.a, cmp.b) for it in r.iterations}
     return sorted(order, key=lambda label: (label == "final", order[label]))
@@ -122,9 +128,10 @@ def render_comparison(cmp: RunComparison, console: Console | None = None) -> Non
     a = {it.label: it for it in cmp.a.iterations}
     b = {it.label: it for it in cmp.b.iterations}
     table = Table(title="held-out mean regret by iteration, run A vs run B", box=box.SIMPLE_HEAD)
-    for col in ("iter", "run", "regret [95% CI]", "÷ ucb1", "SuffFail", "parse fail", "B vs A"):
+    cols = ("iter", "run", "regret [95% CI]", "÷ ucb1", "− ucb1 [95% CI]", "SuffFail")
+    for col in (*cols, "parse fail", "B vs A"):
         table.add_column(col, justify="left" if col in ("iter", "run", "B vs A") else "right")
-        table.columns[-1].no_wrap = col in ("regret [95% CI]", "B vs A")
+        table.columns[-1].no_wrap = col in ("regret [95% CI]", "− ucb1 [95% CI]", "B vs A")
     for label in _labels(cmp):
         x, y = a.get(label), b.get(label)
         for tag, it in (("A", x), ("B", y)):
@@ -134,6 +141,7 @@ def render_comparison(cmp: RunComparison, console: Console | None = None) -> Non
                 tag,
                 _ci(s),
                 _ratio(s, it.baselines.get("ucb1") if it else None),
+                _difference(it.differences.get("ucb1") if it else None),
                 "—" if it is None or it.suff_fail_freq is None else f"{it.suff_fail_freq:.2f}",
                 "—" if it is None else f"{it.parse_failure_rate:.1%}",
                 _verdict(x.regret if x else None, y.regret if y else None) if tag == "B" else "",

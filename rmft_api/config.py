@@ -173,7 +173,21 @@ class AgentsConfig(Section):
     ucb_c: float = Field(
         default=1.0,
         gt=0,
-        description="UCB1 bonus sqrt(c ln n / n_a): 1 as Krishnamurthy, 2 = Auer.",
+        description="UCB bonus constant: sqrt(c ln n / n_a) × (1 Bernoulli, 2σ Gaussian); "
+        "2 = Auer et al.'s UCB1.",
+    )
+    ucb_bonus: Literal["log", "constant"] = Field(
+        default="log",
+        description="log: the UCB1 bonus above; constant: sqrt(c / n_a), Krishnamurthy et al.'s "
+        '"UCB with C = 1" baseline (with c = 1), which explores less.',
+    )
+    seeds_per_scenario: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Agent seeds per scenario: a classic agent compared with a policy plays each "
+        "scenario's reward table this many times (its own generator each) and its regret there "
+        "is the mean, so one lucky seed cannot decide a comparison.",
     )
     window: int = Field(default=50, ge=1, description="Sliding-window UCB window length.")
     discount: float = Field(default=0.95, gt=0, le=1, description="Discounted Thompson γ.")
@@ -324,7 +338,7 @@ class OpenAITrainerConfig(Section):
         "after a lookup found nothing on the server.",
     )
     poll_interval_s: float = Field(
-        default=10.0, gt=0, description="First wait between polls of a running job."
+        default=10.0, gt=0, description="First wait between the pipeline's polls of the job."
     )
     max_poll_interval_s: float = Field(
         default=120.0, gt=0, description="Cap of the backoff between polls (×1.5 while idle)."
@@ -409,6 +423,12 @@ class LoraTrainerConfig(Section):
         description="Times a training process that died without a word is restarted (resuming "
         "from its last checkpoint) before the job is marked failed.",
     )
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="First wait between the pipeline's polls of the job."
+    )
+    max_poll_interval_s: float = Field(
+        default=15.0, gt=0, description="Cap of the backoff between polls (×1.5 while idle)."
+    )
 
 
 TrainerConfig = Annotated[OpenAITrainerConfig | LoraTrainerConfig, Field(discriminator="kind")]
@@ -455,10 +475,15 @@ class SelectionConfig(Section):
     mode: Literal["per_scenario", "global_quantile"] = Field(
         default="per_scenario",
         description="per_scenario: the k lowest of each scenario's L rollouts (ties by rollout "
-        "index); global_quantile: every episode at or below the `quantile` of all regrets.",
+        "index); global_quantile: every episode at or below the `quantile` of all eligible "
+        "regrets (the ⌈q·n⌉-th smallest), ties at it included.",
     )
     quantile: float = Field(
-        default=0.25, gt=0, le=1, description="global_quantile: share of regrets kept."
+        default=0.25,
+        gt=0,
+        le=1,
+        description="global_quantile: q; at least ⌈q·n⌉ episodes are kept, more when regrets tie "
+        "at the threshold.",
     )
     drop_fallback: bool = Field(
         default=True,
@@ -474,7 +499,7 @@ class SelectionConfig(Section):
     baseline: Literal["ucb1", "thompson"] | None = Field(
         default=None,
         description="Drop episodes whose regret exceeds this classic agent's on the same draws "
-        "times `baseline_factor`; None = off.",
+        "(its mean over agents.seeds_per_scenario plays) times `baseline_factor`; None = off.",
     )
     baseline_factor: float = Field(
         default=1.0, gt=0, description="Multiplier of the baseline agent's regret."

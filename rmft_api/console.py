@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from rmft_api.evaluate import RegretSummary
 from rmft_api.rollout_progress import RolloutProgress
 from rmft_api.run_state import Phase
 from rmft_api.run_status import IterationStatus, StatusReport
@@ -160,6 +161,11 @@ def _elide(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
+def _difference(d: RegretSummary | None) -> str:
+    """Policy − agent per scenario with its paired CI: below 0 everywhere = beats the agent."""
+    return "—" if d is None else f"{d.mean:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]"
+
+
 def render_status(report: StatusReport, console: Console | None = None) -> None:
     console = console or table_console()
     table = Table(
@@ -168,7 +174,8 @@ def render_status(report: StatusReport, console: Console | None = None) -> None:
     )
     # Figures never elide; long policy and job names give way first.
     columns = {"iter": 5, "phase": 8, "policy": 16, "regret": 6, "95% CI": 12, "ucb1": 5}
-    columns |= {"thompson": 8, "kept": 8, "tokens": 7, "$": 6, "job": 12, "status": 9}
+    columns |= {"thompson": 8, "− ucb1 [95% CI]": 21, "kept": 8, "tokens": 7, "$": 6}
+    columns |= {"job": 12, "status": 9}
     for col, least in columns.items():
         left = col in ("phase", "policy", "job", "status")
         table.add_column(col, justify="left" if left else "right", no_wrap=True, min_width=least)
@@ -187,6 +194,7 @@ def render_status(report: StatusReport, console: Console | None = None) -> None:
             _ci(r),
             _fmt(r.baselines.get("ucb1")),
             _fmt(r.baselines.get("thompson")),
+            _difference(r.differences.get("ucb1")),
             f"{r.kept}/{r.total}" if r.kept is not None else "—",
             f"{r.tokens:,}" if r.tokens is not None else "—",
             f"{r.usd:.4f}",

@@ -2,6 +2,9 @@
 
 Held-out scenarios come from the `heldout` seed stream, which is disjoint from training by
 construction (a different salt in `scenario_seed`); `check_disjoint` verifies it for every run.
+Every mean comes with a CI that resamples scenarios (`regret.scenario_bootstrap_ci`), each
+classic agent is the mean of `agents.seeds_per_scenario` plays per scenario (agent_plays.py), and
+the policy − agent difference per scenario has its own paired CI: the one that says "better".
 """
 
 from __future__ import annotations
@@ -10,31 +13,34 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from rmft_api import regret
-from rmft_api.agents.base import BanditTrace, FullInfoTrace
+from rmft_api.agent_plays import play_agent
 from rmft_api.config import Config
-from rmft_api.envs.base import BanditInstance, child_rng
+from rmft_api.envs.base import child_rng
 from rmft_api.envs.scenarios import Scenario, build_scenarios
 from rmft_api.errors import StateError
+from rmft_api.growth import curve_growth
 from rmft_api.providers.base import Provider, SamplingParams
 from rmft_api.rollout import read_episodes, run_rollouts
 from rmft_api.rollout_progress import ProgressCallback
-from rmft_api.schema import Episode, Usage
+from rmft_api.schema import SCHEMA_VERSION, Episode, Usage
 
 _EVAL_KEY = 0xE7A1  # salt of the bootstrap streams, apart from every other use of run.seed
+_DIFF_KEY = 0xD1F  # ... and of the paired differences' streams
 
 
 class RegretSummary(BaseModel):
-    """Mean regret over episodes with its bootstrap 95% CI."""
+    """Mean regret over scenarios with its bootstrap 95% CI (scenarios resampled)."""
 
     model_config = ConfigDict(extra="forbid")
 
     mean: float
     ci_low: float
     ci_high: float
-    n: int
+    n: int  # values averaged: episodes, agent plays, or (differences) scenarios
+    scenarios: int | None = None  # the resampled units; None in records written before it
 
 
 class EvalMetrics(BaseModel):
@@ -42,7 +48,7 @@ class EvalMetrics(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = 1
+    schema_version: int = SCHEMA_VERSION
     iteration: int
     policy: str
     episodes: int
@@ -50,13 +56,18 @@ class EvalMetrics(BaseModel):
     regret: RegretSummary | None  # None when no episode completed
     curve: list[float]  # mean cumulative regret by round (complete episodes)
     parse_failure_rate: float
-    suff_fail_freq: float | None  # bandits, at T/2
-    k_min_frac: float | None  # bandits, over the whole horizon
-    growth_exponent: float | None
+    suff_fail_freq: float | None  # bandits, SuffFailFreq(T/2) (regret.half_horizon_round)
+    k_min_frac: float | None  # bandits, over the whole horizon; forfeited rounds pull no arm
+    growth_exponent: float | None  # None when the curve has no regret or no fit
     trend_p_value: float | None
     baselines: dict[str, RegretSummary]
     baseline_curves: dict[str, list[float]]
     usage: Usage
+    growth_p_value: float | None = None  # regression test of H0: β ≥ 1 (growth.py)
+    no_regret: bool = False  # the mean curve ends at or below zero
+    # Policy − agent regret, per scenario, paired bootstrap CI over the scenarios both played.
+    differences: dict[str, RegretSummary] = Field(default_factory=dict)
+    baseline_seeds: int = 1  # plays per scenario each agent's figures average (agents.seeds_...)
 
 
 def heldout_scenarios(cfg: Config) -> list[Scenario]:
@@ -73,9 +84,26 @@ def check_disjoint(train: Sequence[Scenario], heldout: Sequence[Scenario]) -> No
         )
 
 
-def _summary(values: Sequence[float], rng: np.random.Generator) -> RegretSummary:
-    mean, low, high = regret.bootstrap_ci(np.asarray(values, dtype=np.float64), rng)
-    return RegretSummary(mean=mean, ci_low=low, ci_high=high, n=len(values))
+def scenario_summary(
+    values: Sequence[float], scenarios: Sequence[str], rng: np.random.Generator
+) -> RegretSummary:
+    """`regret.scenario_bootstrap_ci` as a record: per-scenario means, scenarios resampled."""
+    est = regret.scenario_bootstrap_ci(np.asarray(values, dtype=np.float64), scenarios, rng)
+    return RegretSummary(
+        mean=est.mean, ci_low=est.low, ci_high=est.high, n=est.values, scenarios=est.scenarios
+    )
+
+
+def difference_summary(
+    a: dict[str, float], b: dict[str, float], rng: np.random.Generator
+) -> RegretSummary | None:
+    """a − b per shared scenario (`regret.paired_difference_ci`) as a record."""
+    est = regret.paired_difference_ci(a, b, rng)
+    if est is None:
+        return None
+    return RegretSummary(
+        mean=est.mean, ci_low=est.low, ci_high=est.high, n=est.values, scenarios=est.scenarios
+    )
 
 
 def episode_curve(episode: Episode) -> np.ndarray:
@@ -88,36 +116,9 @@ def episode_curve(episode: Episode) -> np.ndarray:
     return regret.cumulative(steps)
 
 
-def agent_trace(name: str, scenario: Scenario, cfg: Config) -> BanditTrace | FullInfoTrace:
-    """A classic agent's play on a scenario (same seeds as agent_regret and the baselines)."""
-    from rmft_api.agents.base import (
-        BanditAgent,
-        ExpertsAgent,
-        run_bandit,
-        run_full_info,
-    )
-    from rmft_api.agents.registry import agent_names, make_agent
-
-    known = agent_names(scenario.env_kind)
-    rng = child_rng(cfg.run.seed, scenario.index, known.index(name))
-    agent = make_agent(name, cfg.agents, env_kind=scenario.env_kind, instance=scenario.instance)
-    instance = scenario.instance
-    if isinstance(instance, BanditInstance):
-        assert isinstance(agent, BanditAgent)
-        return run_bandit(agent, instance, rng)
-    assert isinstance(agent, ExpertsAgent)
-    return run_full_info(agent, instance, rng)
-
-
-def _agent_curve(name: str, scenario: Scenario, cfg: Config) -> np.ndarray:
-    """A classic agent's cumulative regret curve on a scenario."""
-    trace = agent_trace(name, scenario, cfg)
-    instance = scenario.instance
-    if isinstance(instance, BanditInstance):
-        assert isinstance(trace, BanditTrace)
-        return regret.cumulative(regret.action_regret_steps(instance.means, trace.actions))
-    assert isinstance(trace, FullInfoTrace)
-    return regret.full_info_regret_curve(trace.policies, trace.reward_vectors)
+def episode_actions(episode: Episode) -> list[int]:
+    """The arm of every round, −1 where the round was forfeited (no arm pulled)."""
+    return [s.action if s.action is not None else -1 for s in episode.steps]
 
 
 def summarize(
@@ -136,37 +137,49 @@ def summarize(
     for e in episodes:
         usage = usage + e.usage
     statuses = [s.status for e in complete for s in e.steps]
-    summary = _summary([e.regret for e in complete], rng) if complete else None
+    summary = None
+    mine: dict[str, float] = {}  # the policy's mean regret per scenario
     curve: list[float] = []
-    growth = trend_p = sff = kmf = None
+    growth = curve_growth([])
+    sff = kmf = None
     if complete:
+        ids = [e.scenario_id for e in complete]
+        summary = scenario_summary([e.regret for e in complete], ids, rng)
+        keys, means = regret.scenario_means([e.regret for e in complete], ids)
+        mine = {str(k): float(m) for k, m in zip(keys, means, strict=True)}
         mean_curve = np.mean([episode_curve(e) for e in complete], axis=0)
         curve = [float(x) for x in mean_curve]
-        if mean_curve[-1] > 0 and len(mean_curve) >= 4:
-            growth = regret.growth_exponent(mean_curve)
-            trend_p = regret.trend_test(mean_curve).p_value
+        growth = curve_growth(mean_curve)
         if complete[0].env != "fol":
-            horizon, k = complete[0].horizon, complete[0].num_arms
-            actions = np.array(
-                [[s.action if s.action is not None else -1 for s in e.steps] for e in complete]
-            )
+            k = complete[0].num_arms
+            actions = np.array([episode_actions(e) for e in complete])
             best = np.array(
                 [
                     by_id[e.scenario_id].instance.means.argmax(axis=1)  # type: ignore[union-attr]
                     for e in complete
                 ]
             )
-            sff = regret.suff_fail_freq(actions, best, t=max(1, horizon // 2))
-            kmf = regret.k_min_frac(np.where(actions < 0, 0, actions), num_arms=k, t=horizon)
-    played = [by_id[e.scenario_id] for e in complete] or list(scenarios)
+            sff = regret.suff_fail_half(actions, best)
+            kmf = regret.k_min_frac(actions, num_arms=k, t=complete[0].horizon)
+    played = [by_id[sid] for sid in mine] or list(scenarios)
     baselines: dict[str, RegretSummary] = {}
     baseline_curves: dict[str, list[float]] = {}
+    differences: dict[str, RegretSummary] = {}
     for j, name in enumerate(cfg.eval.baselines):
-        curves = [_agent_curve(name, s, cfg) for s in played]
-        baselines[name] = _summary(
-            [float(c[-1]) for c in curves], child_rng(cfg.run.seed, _EVAL_KEY, iteration, j + 1)
+        plays = {s.scenario_id: play_agent(name, s, cfg) for s in played}
+        finals = [float(x) for p in plays.values() for x in p.final]
+        keys_of = [sid for sid, p in plays.items() for _ in p.final]
+        baselines[name] = scenario_summary(
+            finals, keys_of, child_rng(cfg.run.seed, _EVAL_KEY, iteration, j + 1)
         )
-        baseline_curves[name] = [float(x) for x in np.mean(curves, axis=0)]
+        all_curves = np.concatenate([p.curves for p in plays.values()])
+        baseline_curves[name] = [float(x) for x in all_curves.mean(axis=0)]
+        theirs = {sid: p.mean_regret for sid, p in plays.items()}
+        diff = difference_summary(
+            mine, theirs, child_rng(cfg.run.seed, _EVAL_KEY, iteration, j + 1, _DIFF_KEY)
+        )
+        if diff is not None:
+            differences[name] = diff
     return EvalMetrics(
         iteration=iteration,
         policy=policy,
@@ -177,11 +190,15 @@ def summarize(
         parse_failure_rate=regret.parse_failure_rate(statuses) if statuses else 0.0,
         suff_fail_freq=sff,
         k_min_frac=kmf,
-        growth_exponent=growth,
-        trend_p_value=trend_p,
+        growth_exponent=growth.exponent,
+        trend_p_value=growth.trend_p_value,
         baselines=baselines,
         baseline_curves=baseline_curves,
         usage=usage,
+        growth_p_value=growth.p_value,
+        no_regret=growth.no_regret,
+        differences=differences,
+        baseline_seeds=cfg.agents.seeds_per_scenario,
     )
 
 

@@ -29,6 +29,9 @@ from rmft_api.trainers.base import JobFailedError, Trainer, is_terminal
 
 log = logging.getLogger(__name__)
 
+# Polling of a trainer whose config has no poll settings (a backend added without them).
+_POLL_FIRST_S, _POLL_CAP_S = 1.0, 15.0
+
 ITERATION_PHASES: tuple[Phase, ...] = (
     "evaluate",
     "rollout",
@@ -97,8 +100,10 @@ class Pipeline:
     cfg: Config
     run: RunPaths
     reporter: Reporter = field(default_factory=SilentReporter)
-    poll_interval_s: float = 1.0
-    max_poll_interval_s: float = 15.0
+    # Waits between polls of a training job: None = the trainer config's poll_interval_s and
+    # max_poll_interval_s (the backoff grows ×1.5 while nothing changes).
+    poll_interval_s: float | None = None
+    max_poll_interval_s: float | None = None
     _providers: dict[str, Provider] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- driving
@@ -254,10 +259,10 @@ class Pipeline:
     async def _rollout(self, state: RunState, paths: IterationPaths) -> None:
         from rmft_api.providers.registry import sampling_params
         from rmft_api.rollout import run_rollouts
-        from rmft_api.rollout_cache import ResponseCache
+        from rmft_api.rollout_cache import ResponseCache, cache_path
 
         paths.root.mkdir(parents=True, exist_ok=True)
-        cache = ResponseCache(paths.root / "cache.jsonl") if self.cfg.rollout.cache else None
+        cache = ResponseCache(cache_path(paths.root)) if self.cfg.rollout.cache else None
         try:
             for attempt in range(2):  # a second pass re-runs episodes that ended in an error
                 summary = await run_rollouts(
@@ -292,7 +297,7 @@ class Pipeline:
         return sorted(episodes, key=lambda e: (e.scenario_index, e.rollout))
 
     def _select(self, state: RunState, paths: IterationPaths) -> None:
-        from rmft_api.rollout_report import agent_regret
+        from rmft_api.agent_plays import agent_regret
         from rmft_api.selection import select_episodes
         from rmft_api.store import write_text_atomic
 
@@ -409,10 +414,21 @@ class Pipeline:
         write_json_atomic(paths.job, ref)
         return await self._wait(trainer, ref, paths, state.iteration)
 
+    def poll_intervals(self) -> tuple[float, float]:
+        """(first wait, cap) between polls: this pipeline's own, else `[trainer]`'s settings."""
+        first = self.poll_interval_s
+        cap = self.max_poll_interval_s
+        if first is None:
+            first = float(getattr(self.cfg.trainer, "poll_interval_s", _POLL_FIRST_S))
+        if cap is None:
+            cap = float(getattr(self.cfg.trainer, "max_poll_interval_s", _POLL_CAP_S))
+        return first, max(first, cap)
+
     async def _wait(
         self, trainer: Trainer, ref: JobRef, paths: IterationPaths, iteration: int
     ) -> JobRef:
-        delay = self.poll_interval_s
+        first, cap = self.poll_intervals()
+        delay = first
         last = ref.model_dump_json()
         while True:
             try:
@@ -424,7 +440,7 @@ class Pipeline:
             if now != last:
                 write_json_atomic(paths.job, ref)
                 self.reporter.job(ref)
-                last, delay = now, self.poll_interval_s
+                last, delay = now, first
             if ref.status == "succeeded":
                 if not ref.result_policy:
                     raise TrainingError(f"job {ref.job_id} succeeded without a result model")
@@ -434,7 +450,7 @@ class Pipeline:
             if is_terminal(ref.status):
                 raise TrainingError(f"iteration {iteration}: job ended as {ref.status}")
             await asyncio.sleep(delay)
-            delay = min(self.max_poll_interval_s, delay * 1.5)
+            delay = min(cap, delay * 1.5)
 
 
 def cancel_run(run: RunPaths, cfg: Config) -> JobRef | None:

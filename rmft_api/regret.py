@@ -10,21 +10,19 @@ non-stationary one (dynamic regret against the per-round best arm).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
+K = TypeVar("K", bound=Hashable)  # a scenario key
 
 # Parse statuses that count as the model's own, strictly parsed answer (schema.ParseStatus).
 VALID_PARSE_STATUSES = frozenset({"ok", "reprompted"})
-
-# The growth fit ignores the first rounds, where forced exploration (e.g. UCB trying every arm
-# once) makes the curve steeper than its asymptotic shape: this share of the horizon, at least 1.
-GROWTH_SKIP_FRACTION = 0.05
 
 
 # ---------------------------------------------------------------- regret
@@ -102,11 +100,23 @@ def _check_round(t: int, horizon: int) -> None:
         raise ValueError(f"round t={t} outside 1..{horizon}")
 
 
+def half_horizon_round(horizon: int) -> int:
+    """The round "T/2" of SuffFailFreq(T/2), 1-indexed: ⌊T/2⌋ (at least 1).
+
+    Krishnamurthy et al. (NeurIPS 2024, §3.1) define SuffFail(t, R) over rounds [t, T] with rounds
+    in [T] = {1, ..., T}, so SuffFailFreq(T/2) at T = 100 looks at rounds 50..100. (Their plots
+    count time steps from 0, which would read as rounds 51..100; the two differ by far less than
+    the sampling error of their 1000 replicates, see tests/test_published_baselines.py.)
+    """
+    return max(1, horizon // 2)
+
+
 def suff_fail_freq(actions: ArrayLike, best_arms: ArrayLike, *, t: int) -> float:
     """SuffFailFreq(t): share of replicates that never pick the best arm in rounds t..T.
 
     Rounds are 1-indexed here (t = 1 looks at the whole episode). `best_arms` is (T,) or (R, T):
     the per-round best arm, so a non-stationary bandit is judged against its current best arm.
+    An action of −1 (a forfeited round) is never the best arm.
     """
     acts = _replicates(actions)
     _check_round(t, acts.shape[1])
@@ -115,8 +125,17 @@ def suff_fail_freq(actions: ArrayLike, best_arms: ArrayLike, *, t: int) -> float
     return float(1.0 - hit.mean())
 
 
+def suff_fail_half(actions: ArrayLike, best_arms: ArrayLike) -> float:
+    """SuffFailFreq(T/2), the headline suffix-failure figure (see `half_horizon_round`)."""
+    acts = _replicates(actions)
+    return suff_fail_freq(acts, best_arms, t=half_horizon_round(acts.shape[1]))
+
+
 def arm_counts(actions: ArrayLike, *, num_arms: int, t: int) -> IntArray:
-    """Pulls of each arm in the first t rounds (1-indexed, rounds 1..t), shape (R, K)."""
+    """Pulls of each arm in the first t rounds (1-indexed, rounds 1..t), shape (R, K).
+
+    An action of −1 marks a round with no pull (forfeited): it counts for no arm.
+    """
     acts = _replicates(actions)
     _check_round(t, acts.shape[1])
     onehot = acts[:, :t, None] == np.arange(num_arms)
@@ -126,8 +145,9 @@ def arm_counts(actions: ArrayLike, *, num_arms: int, t: int) -> IntArray:
 def k_min_frac(actions: ArrayLike, *, num_arms: int, t: int) -> float:
     """K·MinFrac(t) = K · min_a N_t(a) / t, averaged over replicates.
 
-    N_t(a) counts the pulls of arm a in the first t rounds. 1 means perfectly even exploration,
-    0 that some arm was never tried.
+    N_t(a) counts the pulls of arm a in the first t rounds; a forfeited round (action −1) pulls
+    no arm, so it lowers the figure instead of counting as a pull of arm 0. 1 means perfectly
+    even exploration, 0 that some arm was never tried.
     """
     counts = arm_counts(actions, num_arms=num_arms, t=t)
     return float((num_arms * counts.min(axis=1) / t).mean())
@@ -170,73 +190,6 @@ def parse_failure_rate(statuses: Sequence[str]) -> float:
     return failed / len(statuses)
 
 
-# ---------------------------------------------------------------- growth of the regret curve
-
-
-def growth_exponent(curve: ArrayLike, *, skip: int | None = None) -> float:
-    """β of the least-squares fit log R_t ≈ β log t + c over one (mean) regret curve.
-
-    t is 1-indexed. The first `skip` rounds are left out (default: GROWTH_SKIP_FRACTION of T, at
-    least 1) because forced initial exploration distorts them, and so are rounds with R_t ≤ 0
-    (no logarithm). β ≈ 1: linear regret; β < 1: sublinear. NaN when fewer than two rounds remain.
-    """
-    r = np.asarray(curve, dtype=np.float64)
-    horizon = r.shape[-1]
-    if skip is None:
-        skip = max(1, int(GROWTH_SKIP_FRACTION * horizon))
-    t = np.arange(1, horizon + 1, dtype=np.float64)
-    keep = (t > skip) & (r > 0)
-    if keep.sum() < 2:
-        return float("nan")
-    x, y = np.log(t[keep]), np.log(r[keep])
-    x_c = x - x.mean()
-    denom = float((x_c * x_c).sum())
-    if denom == 0.0:
-        return float("nan")
-    return float((x_c * (y - y.mean())).sum() / denom)
-
-
-@dataclass(frozen=True)
-class TrendTest:
-    """Trend test result: `decreases` of R_t/t among `rounds` comparisons, and the p-value."""
-
-    decreases: int
-    rounds: int
-    p_value: float
-
-
-def _binomial_half_sf(count: int, n: int) -> float:
-    """P(Binomial(n, ½) ≥ count), summed in log space: large n neither overflows nor underflows."""
-    if count <= 0:
-        return 1.0
-    if count > n:
-        return 0.0
-    # log i! for i = 0..n, exact enough (cumulative sum of logs) for any horizon we allow.
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))])
-    k = np.arange(count, n + 1)
-    log_terms = log_fact[n] - log_fact[k] - log_fact[n - k] - n * math.log(2.0)
-    top = float(log_terms.max())
-    return float(min(1.0, math.exp(top) * float(np.exp(log_terms - top).sum())))
-
-
-def trend_test(curve: ArrayLike) -> TrendTest:
-    """Park et al. (2024)'s trend test of sublinear regret on one regret curve R_1..R_T.
-
-    Counts the rounds t = 2..T where the average regret decreased, R_t/t < R_{t−1}/(t−1), and
-    returns p = P(Binomial(T−1, ½) ≥ count): under "no trend" each comparison is a fair coin, so
-    a small p is evidence that R_t/t is falling (sublinear regret). The coin model assumes
-    per-round increments spread symmetrically around their mean: apply it to expected-regret
-    curves (or means over replicates), not to one replicate's 0/Δ steps. The exact form in the
-    paper is unverified (REFERENCE §2); this function is the one place it lives.
-    """
-    r = np.asarray(curve, dtype=np.float64)
-    horizon = r.shape[-1]
-    avg = r / np.arange(1, horizon + 1)
-    decreases = int((np.diff(avg) < 0).sum())
-    n = horizon - 1
-    return TrendTest(decreases=decreases, rounds=n, p_value=_binomial_half_sf(decreases, n))
-
-
 # ---------------------------------------------------------------- reference values
 
 
@@ -251,9 +204,13 @@ def bernoulli_kl(p: ArrayLike, q: ArrayLike) -> FloatArray:
     return np.asarray(a + b, dtype=np.float64)
 
 
-def lai_robbins_bound(means: ArrayLike, *, horizon: int) -> float:
-    """Lai–Robbins asymptotic lower bound for Bernoulli arms: log T · Σ_{Δ_a>0} Δ_a / KL(μ_a, μ*).
+def lai_robbins_rate(means: ArrayLike, *, horizon: int) -> float:
+    """The Lai–Robbins asymptotic rate for Bernoulli arms: log T · Σ_{Δ_a>0} Δ_a / KL(μ_a, μ*).
 
+    Lai & Robbins (1985) bound lim inf_{T→∞} R_T / log T from below by Σ Δ_a / KL(μ_a, μ*) for
+    every consistent policy; this is that constant times log T. It is an asymptotic rate, not a
+    finite-horizon limit: at small T it can exceed even the uniform policy's regret (hard preset,
+    T = 100: 45.4 against uniform's 16), and a policy's regret at a given T may lie below it.
     `means` is (K,). An arm with KL = ∞ (μ* = 1) is told apart in finitely many pulls: it adds 0.
     """
     mu = np.asarray(means, dtype=np.float64)
@@ -313,3 +270,76 @@ def bootstrap_ci(
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(boot, [alpha, 1.0 - alpha])
     return mean, float(low), float(high)
+
+
+@dataclass(frozen=True)
+class ScenarioEstimate:
+    """A mean over scenarios with its percentile-bootstrap CI (scenarios resampled)."""
+
+    mean: float
+    low: float
+    high: float
+    scenarios: int  # the resampled units
+    values: int  # the rows averaged into them (episodes, agent plays, ...)
+
+
+def scenario_means(values: ArrayLike, scenarios: Sequence[K]) -> tuple[list[K], FloatArray]:
+    """Rows of `values` (first axis: one per episode or agent play) averaged per scenario.
+
+    Returns the scenario keys in order of first appearance and their mean rows, (S, ...).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.shape[0] != len(scenarios):
+        raise ValueError(f"{x.shape[0]} rows but {len(scenarios)} scenario keys")
+    keys = list(dict.fromkeys(scenarios))
+    index = {k: i for i, k in enumerate(keys)}
+    rows = np.array([index[s] for s in scenarios], dtype=np.int64)
+    sums = np.zeros((len(keys), *x.shape[1:]), dtype=np.float64)
+    np.add.at(sums, rows, x)
+    counts = np.bincount(rows, minlength=len(keys)).astype(np.float64)
+    return keys, sums / counts.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def scenario_bootstrap_ci(
+    values: ArrayLike,
+    scenarios: Sequence[Hashable],
+    rng: np.random.Generator,
+    *,
+    level: float = 0.95,
+    n_boot: int = 2000,
+) -> ScenarioEstimate:
+    """Mean regret over scenarios with a CI that resamples scenarios: every held-out figure's CI.
+
+    Each scenario's values (its L episodes, or a classic agent's plays with several seeds) are
+    averaged first, then the scenario means are bootstrapped. Scenarios are what is drawn
+    independently; the episodes of one scenario share its reward table and are correlated, so
+    resampling episodes as if they were independent gives intervals that are too narrow. With
+    one value per scenario this is `bootstrap_ci` of the values, in their order, with the same
+    draws.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    keys, means = scenario_means(x, list(scenarios))
+    mean, low, high = bootstrap_ci(means, rng, level=level, n_boot=n_boot)
+    return ScenarioEstimate(mean=mean, low=low, high=high, scenarios=len(keys), values=x.size)
+
+
+def paired_difference_ci(
+    a: Mapping[K, float],
+    b: Mapping[K, float],
+    rng: np.random.Generator,
+    *,
+    level: float = 0.95,
+    n_boot: int = 2000,
+) -> ScenarioEstimate | None:
+    """Mean of a[s] − b[s] over the scenarios both have, scenarios resampled in pairs.
+
+    `a` and `b` map a scenario to its mean regret (a policy's episodes, an agent's seeds). Pairing
+    removes the scenario-to-scenario spread both share (same reward tables), so this interval is
+    the one that says whether a policy beats an agent. None when no scenario is shared.
+    """
+    keys = [k for k in a if k in b]
+    if not keys:
+        return None
+    diff = np.array([a[k] - b[k] for k in keys], dtype=np.float64)
+    mean, low, high = bootstrap_ci(diff, rng, level=level, n_boot=n_boot)
+    return ScenarioEstimate(mean=mean, low=low, high=high, scenarios=len(keys), values=len(keys))

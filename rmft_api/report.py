@@ -2,8 +2,9 @@
 
 Everything comes from the run directory: run.json (the config), each iteration's metrics.json,
 its held-out episodes (per-round bands, arm-rank shares, SuffFailFreq curves) and its grid. The
-classic agents are replayed on the held-out scenarios with the evaluation's own seeds (so their
-numbers are the evaluation's), which gives their per-scenario regret for paired ratios. Every
+classic agents are replayed on the held-out scenarios with the evaluation's own seeds and plays
+per scenario (so their numbers are the evaluation's), which gives their per-scenario regret for
+paired ratios; the paired differences policy − agent are the evaluation's (metrics.json). Every
 resampling is seeded from run.seed: the same run directory always gives the same report.
 """
 
@@ -18,6 +19,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
 from rmft_api import regret
+from rmft_api.agent_plays import play_agent
 from rmft_api.config import Config
 from rmft_api.envs.base import BanditInstance, child_rng
 from rmft_api.envs.scenarios import Scenario
@@ -25,7 +27,7 @@ from rmft_api.errors import RmftError, StateError
 from rmft_api.evaluate import (
     EvalMetrics,
     RegretSummary,
-    agent_trace,
+    episode_actions,
     episode_curve,
     heldout_scenarios,
 )
@@ -33,7 +35,7 @@ from rmft_api.plots import Band, Figures, GridPanel, Heatmap, Point, write_figur
 from rmft_api.report_text import render_markdown
 from rmft_api.rollout import read_episodes
 from rmft_api.run_state import load_config_of, load_info, load_state
-from rmft_api.schema import Episode
+from rmft_api.schema import SCHEMA_VERSION, Episode
 from rmft_api.store import RunPaths, read_json, write_json_atomic, write_text_atomic
 
 FloatArray = NDArray[np.float64]
@@ -85,7 +87,7 @@ class RunReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = 1
+    schema_version: int = SCHEMA_VERSION
     run_id: str
     run_dir: str
     status: str
@@ -105,8 +107,8 @@ class RunReport(BaseModel):
 
 @dataclass(frozen=True)
 class _AgentPlays:
-    curves: dict[str, FloatArray]  # scenario id → cumulative regret curve
-    actions: dict[str, IntArray]  # scenario id → arms played (bandits only)
+    curves: dict[str, FloatArray]  # scenario id → its plays' cumulative regret curves (S, T)
+    actions: dict[str, IntArray]  # scenario id → arms played (S, T) (bandits only)
 
 
 def task_label(cfg: Config) -> str:
@@ -126,29 +128,25 @@ def iteration_label(index: int, count: int) -> str:
 
 
 def _play_agents(cfg: Config, scenarios: list[Scenario]) -> dict[str, _AgentPlays]:
-    """Each baseline replayed on every held-out scenario (the evaluation's seeds)."""
-    from rmft_api.agents.base import BanditTrace
-
+    """Each baseline replayed on every held-out scenario (the evaluation's seeds and plays)."""
     plays: dict[str, _AgentPlays] = {}
     for name in cfg.eval.baselines:
         curves: dict[str, FloatArray] = {}
         actions: dict[str, IntArray] = {}
         for s in scenarios:
-            trace = agent_trace(name, s, cfg)
-            if isinstance(trace, BanditTrace):
-                assert isinstance(s.instance, BanditInstance)
-                steps = regret.action_regret_steps(s.instance.means, trace.actions)
-                curves[s.scenario_id] = regret.cumulative(steps)
-                actions[s.scenario_id] = trace.actions
-            else:
-                curve = regret.full_info_regret_curve(trace.policies, trace.reward_vectors)
-                curves[s.scenario_id] = curve
+            played = play_agent(name, s, cfg)
+            curves[s.scenario_id] = played.curves
+            if played.actions is not None:
+                actions[s.scenario_id] = played.actions
         plays[name] = _AgentPlays(curves=curves, actions=actions)
     return plays
 
 
-def _band(label: str, curves: FloatArray, rng: np.random.Generator) -> Band:
-    """Pointwise percentile-bootstrap band of the mean curve (episodes resampled whole)."""
+def _band(label: str, curves: FloatArray, scenarios: list[str], rng: np.random.Generator) -> Band:
+    """Pointwise percentile-bootstrap band of the mean curve: each scenario's rows (episodes,
+    agent plays) averaged first, then scenarios resampled whole, as every CI of the report."""
+    _, per_scenario = regret.scenario_means(curves, scenarios)
+    curves = per_scenario
     n = curves.shape[0]
     idx = rng.integers(0, n, size=(_N_BOOT, n))
     weights = np.zeros((_N_BOOT, n))
@@ -288,14 +286,12 @@ def _iteration(
     if not episodes:
         return
     curves = np.array([episode_curve(e) for e in episodes])
-    figs.policy_bands.append(_band(label, curves, child_rng(cfg.run.seed, _REPORT_KEY, i, 0)))
+    ids = [e.scenario_id for e in episodes]
+    figs.policy_bands.append(_band(label, curves, ids, child_rng(cfg.run.seed, _REPORT_KEY, i, 0)))
     shares, rows = rank_shares(episodes, scenarios)
     figs.heatmaps.append(Heatmap(label=label, shares=shares, rows=rows))
     if cfg.env.kind != "fol":
-        ids = [e.scenario_id for e in episodes]
-        acts = np.array(
-            [[s.action if s.action is not None else -1 for s in e.steps] for e in episodes]
-        )
+        acts = np.array([episode_actions(e) for e in episodes])
         figs.suff_fail.append((label, suff_fail_curve(acts, _best_arms(scenarios, ids))))
 
 
@@ -310,12 +306,13 @@ def _agent_series(
 ) -> None:
     ids = sorted(scenarios)
     for j, (name, plays) in enumerate(agents.items()):
-        curves = np.array([plays.curves[k] for k in ids])
+        curves = np.concatenate([plays.curves[k] for k in ids])
+        rows = [k for k in ids for _ in plays.curves[k]]
         rng = child_rng(cfg.run.seed, _REPORT_KEY, 0xA6, j)
-        figs.agent_bands.append(_band(name, curves, rng))
+        figs.agent_bands.append(_band(name, curves, rows, rng))
         if plays.actions:
-            acts = np.array([plays.actions[k] for k in ids])
-            figs.agent_suff_fail.append((name, suff_fail_curve(acts, _best_arms(scenarios, ids))))
+            acts = np.concatenate([plays.actions[k] for k in ids])
+            figs.agent_suff_fail.append((name, suff_fail_curve(acts, _best_arms(scenarios, rows))))
 
 
 def _grid_panels(cfg: Config, iterations: list[IterationReport], figs: Figures) -> dict[str, str]:
@@ -347,7 +344,9 @@ def build_report(run: RunPaths) -> tuple[RunReport, Figures]:
         raise StateError(f"{run.root}: no iteration has been evaluated yet (no metrics.json)")
     scenarios = {s.scenario_id: s for s in heldout_scenarios(cfg)}
     agents = _play_agents(cfg, list(scenarios.values()))
-    agent_final = {n: {k: float(c[-1]) for k, c in p.curves.items()} for n, p in agents.items()}
+    agent_final = {
+        n: {k: float(c[:, -1].mean()) for k, c in p.curves.items()} for n, p in agents.items()
+    }
     figs = Figures(
         title=f"{info.run_id} · {task_label(cfg).split(';')[0]}",
         policy_bands=[],

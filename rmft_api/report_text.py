@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rmft_api import __version__
-from rmft_api.evaluate import RegretSummary
+from rmft_api.evaluate import EvalMetrics, RegretSummary
+from rmft_api.growth import NO_REGRET
 
 if TYPE_CHECKING:
     from rmft_api.report import Improvement, IterationReport, Ratio, RunReport
@@ -36,6 +37,14 @@ def _ratio(r: Ratio | None) -> str:
 
 def _num(x: float | None, spec: str = ".2f") -> str:
     return "—" if x is None else format(x, spec)
+
+
+def _diff(d: RegretSummary | None) -> str:
+    return "—" if d is None else f"{d.mean:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]"
+
+
+def _beta(m: EvalMetrics) -> str:
+    return NO_REGRET if m.no_regret else _num(m.growth_exponent)
 
 
 def _short(policy: str, width: int = 44) -> str:
@@ -84,21 +93,30 @@ def _headline(report: RunReport) -> list[str]:
     lines = _improvement_lines(report.improvement, report.iterations)
     headline: list[str] = [n for n in ("ucb1", "thompson") if n in last.vs_baselines]
     names = headline or list(last.vs_baselines)
+    seeds = last.metrics.baseline_seeds
     for name in names:
         r = last.vs_baselines[name]
         agent = last.metrics.baselines.get(name)
         if r is None or agent is None:
             continue
-        if r.ci_low > 1:
+        # The paired difference per scenario decides; records without one fall back to the ratio.
+        d = last.metrics.differences.get(name)
+        low, high = (d.ci_low, d.ci_high) if d is not None else (r.ci_low - 1, r.ci_high - 1)
+        if low > 0:
             verdict = "worse than"
-        elif r.ci_high < 1:
+        elif high < 0:
             verdict = "better than"
         else:
             verdict = "not distinguishable from"
+        diff = f"; difference {_diff(d)} per scenario (paired)" if d is not None else ""
+        plays = (
+            f", {_agent_name(name)} averaged over {seeds} plays per scenario" if seeds > 1 else ""
+        )
         lines.append(
             f"- {_iteration(last.label).capitalize()} vs {_agent_name(name)}: {r.ratio:.2f}× "
-            f"its regret [95% CI {r.ci_low:.2f}, {r.ci_high:.2f}] ({_ci(last.metrics.regret)} vs "
-            f"{_ci(agent)} on the same draws): {verdict} {_agent_name(name)}."
+            f"its regret [95% CI {r.ci_low:.2f}, {r.ci_high:.2f}]{diff} "
+            f"({_ci(last.metrics.regret)} vs {_ci(agent)} on the same draws{plays}): "
+            f"{verdict} {_agent_name(name)}."
         )
     first = report.iterations[0].metrics
     if first.suff_fail_freq is not None and last.metrics.suff_fail_freq is not None:
@@ -124,17 +142,20 @@ def headline_lines(report: RunReport) -> list[str]:
 def _iteration_table(report: RunReport) -> list[str]:
     heads = ["iter", "policy", "episodes", "mean regret [95% CI]"]
     heads += [f"÷ {n} [95% CI]" for n in report.baselines[:2]]
-    heads += ["SuffFail(T/2)", "K·MinFrac", "parse fail", "β", "trend p"]
+    heads += [f"− {n} [95% CI]" for n in report.baselines[:2]]
+    heads += ["SuffFail(T/2)", "K·MinFrac", "parse fail", "β", "β p", "trend p"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for it in report.iterations:
         m = it.metrics
         cells = [it.label, f"`{_short(it.policy)}`", f"{m.complete}/{m.episodes}", _ci(m.regret)]
         cells += [_ratio(it.vs_baselines.get(n)) for n in report.baselines[:2]]
+        cells += [_diff(m.differences.get(n)) for n in report.baselines[:2]]
         cells += [
             _num(m.suff_fail_freq),
             _num(m.k_min_frac),
             f"{m.parse_failure_rate:.1%}",
-            _num(m.growth_exponent),
+            _beta(m),
+            _num(m.growth_p_value, ".3g"),
             _num(m.trend_p_value, ".3g"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -187,9 +208,12 @@ def render_markdown(report: RunReport) -> str:
         "## Held-out evaluation by iteration",
         "",
         "Iteration *i* is policy P_i before its own fine-tuning; *final* is the last fine-tuned "
-        "policy. Ratios are policy ÷ agent mean regret on the same scenarios (paired bootstrap "
-        "95% CI; > 1 = more regret than the agent). β: growth exponent of the mean regret curve "
-        "(< 1 sublinear); trend p: Park et al.'s test that R_t/t falls.",
+        "policy. Ratios are policy ÷ agent mean regret and differences policy − agent regret "
+        "per scenario, on the same scenarios (paired bootstrap 95% CIs over scenarios; > 1 or "
+        "> 0 = more regret than the agent); each agent is the mean of its plays per scenario. "
+        "β: growth exponent of the mean regret curve (< 1 sublinear; no-regret: the curve ends "
+        "at or below 0); β p: regression test of H0 β ≥ 1; trend p: Park et al.'s test that "
+        "R_t/t falls.",
         "",
         *_iteration_table(report),
         "",

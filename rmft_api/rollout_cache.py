@@ -24,6 +24,15 @@ from rmft_api.providers.base import SamplingParams
 from rmft_api.schema import Completion, Message
 from rmft_api.store import JsonlWriter, read_jsonl
 
+# One name wherever a cache is kept (a pipeline iteration, `rmft-api rollout --out DIR`), so a
+# directory's cache is found whichever command wrote it (docs/run-directory.md).
+CACHE_FILE = "cache.jsonl"
+
+
+def cache_path(directory: str | Path) -> Path:
+    """The response cache of the episodes.jsonl in `directory`."""
+    return Path(directory) / CACHE_FILE
+
 
 class CacheEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -1,30 +1,30 @@
 """`rmft-api rollout`: play a policy on M × L episodes and compare its regret with classic agents.
 
-The classic agents play the very same scenario instances (common random numbers), each with the
-generator `child_rng(run.seed, scenario index, j)` of `rmft-api baselines` (j = the agent's
-position in the registry's list for the env kind), so both commands agree on the baselines.
-Regret is averaged per scenario first (the policy's L rollouts), then over scenarios, with a
-percentile-bootstrap 95% CI over scenarios.
+The classic agents play the very same scenario instances (common random numbers),
+`agents.seeds_per_scenario` times each (agent_plays.py); play 0 is the one play of
+`rmft-api baselines` on the same scenario, so the two commands agree with `--seeds` equal.
+Regret is averaged per scenario first (the policy's L rollouts, an agent's seeds), then over
+scenarios, with a percentile-bootstrap 95% CI over scenarios; policy − agent is paired per
+scenario.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from rmft_api import regret
-from rmft_api.agents.base import BanditAgent, ExpertsAgent, run_bandit, run_full_info
-from rmft_api.agents.registry import agent_names, make_agent
+from rmft_api.agent_plays import agent_regret
 from rmft_api.config import Config
-from rmft_api.envs.base import BanditInstance, FullInfoInstance, child_rng
+from rmft_api.envs.base import child_rng
 from rmft_api.envs.scenarios import Scenario, build_scenarios
 from rmft_api.errors import ConfigError
 from rmft_api.rollout import read_episodes, run_rollouts
-from rmft_api.rollout_cache import ResponseCache
+from rmft_api.rollout_cache import ResponseCache, cache_path
 from rmft_api.rollout_progress import ProgressCallback, RolloutSummary
 
 # The reference agents a rollout is compared with, by env kind.
@@ -35,6 +35,7 @@ DEFAULT_BASELINES: dict[str, tuple[str, ...]] = {
 }
 # Mixed into the bootstrap generator's key so it never equals an agent's generator.
 _BOOTSTRAP_KEY = 0xB007
+_DIFF_KEY = 0xD1F
 
 
 class RegretStat(BaseModel):
@@ -58,30 +59,21 @@ class RolloutReport(BaseModel):
     scenarios: int
     rollouts_per_scenario: int
     policy: RegretStat | None  # None when no scenario has a complete episode
+    baselines: dict[str, RegretStat]  # each agent: the mean of agents.seeds_per_scenario plays
+    differences: dict[str, RegretStat] = {}  # policy − agent per scenario, paired bootstrap CI
+
+
+def _stat(est: regret.ScenarioEstimate) -> RegretStat:
+    return RegretStat(mean=est.mean, ci_low=est.low, ci_high=est.high, scenarios=est.scenarios)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The policy, the agents, and policy − agent per scenario (paired), on the same draws."""
+
+    policy: RegretStat | None
     baselines: dict[str, RegretStat]
-
-
-def agent_regret(name: str, scenario: Scenario, cfg: Config) -> float:
-    """Expected regret of classic agent `name` on `scenario`'s instance."""
-    kind = scenario.env_kind
-    known = agent_names(kind)
-    if name not in known:
-        raise ConfigError(f"unknown baseline {name!r} for env {kind!r}; allowed: {known}")
-    rng = child_rng(cfg.run.seed, scenario.index, known.index(name))
-    agent = make_agent(name, cfg.agents, env_kind=kind, instance=scenario.instance)
-    instance = scenario.instance
-    if isinstance(instance, BanditInstance):
-        assert isinstance(agent, BanditAgent)
-        trace = run_bandit(agent, instance, rng)
-        return float(regret.action_regret_steps(instance.means, trace.actions).sum())
-    assert isinstance(instance, FullInfoInstance) and isinstance(agent, ExpertsAgent)
-    played = run_full_info(agent, instance, rng)
-    return float(regret.full_info_regret_curve(played.policies, played.reward_vectors)[-1])
-
-
-def _stat(values: Sequence[float], rng: np.random.Generator) -> RegretStat:
-    mean, low, high = regret.bootstrap_ci(np.asarray(values, dtype=np.float64), rng)
-    return RegretStat(mean=mean, ci_low=low, ci_high=high, scenarios=len(values))
+    differences: dict[str, RegretStat]
 
 
 def compare_with_baselines(
@@ -91,28 +83,39 @@ def compare_with_baselines(
     *,
     iteration: int = 0,
     baselines: Sequence[str] | None = None,
-) -> tuple[RegretStat | None, dict[str, RegretStat]]:
-    """(policy, {agent: stat}): mean regret per scenario over complete episodes, vs agents."""
-    by_scenario: dict[str, list[float]] = {}
-    for episode in read_episodes(episodes_path):
-        if episode.status == "complete" and episode.iteration == iteration:
-            by_scenario.setdefault(episode.scenario_id, []).append(episode.regret)
-    played = [s for s in scenarios if s.scenario_id in by_scenario]
+) -> Comparison:
+    """Mean regret per scenario over complete episodes, against the agents on the same draws."""
+    order = {s.scenario_id: k for k, s in enumerate(scenarios)}
+    pairs = sorted(
+        (
+            (e.scenario_id, e.regret)
+            for e in read_episodes(episodes_path)
+            if e.status == "complete" and e.iteration == iteration and e.scenario_id in order
+        ),
+        key=lambda p: order[p[0]],
+    )
+    ids, values = [sid for sid, _ in pairs], [v for _, v in pairs]
     names = list(baselines or DEFAULT_BASELINES[cfg.env.kind])
     policy = None
-    if played:
-        per_scenario = [float(np.mean(by_scenario[s.scenario_id])) for s in played]
-        policy = _stat(per_scenario, child_rng(cfg.run.seed, _BOOTSTRAP_KEY, iteration))
+    mine: dict[str, float] = {}
+    if pairs:
+        rng = child_rng(cfg.run.seed, _BOOTSTRAP_KEY, iteration)
+        policy = _stat(regret.scenario_bootstrap_ci(values, ids, rng))
+        keys, means = regret.scenario_means(values, ids)
+        mine = {str(k): float(m) for k, m in zip(keys, means, strict=True)}
     # Baselines on the same scenarios as the policy (all of them when it finished none).
-    reference = played or list(scenarios)
-    stats = {
-        name: _stat(
-            [agent_regret(name, s, cfg) for s in reference],
-            child_rng(cfg.run.seed, _BOOTSTRAP_KEY, iteration, j + 1),
-        )
-        for j, name in enumerate(names)
-    }
-    return policy, stats
+    reference = [s for s in scenarios if s.scenario_id in mine] or list(scenarios)
+    stats: dict[str, RegretStat] = {}
+    differences: dict[str, RegretStat] = {}
+    for j, name in enumerate(names):
+        theirs = {s.scenario_id: agent_regret(name, s, cfg) for s in reference}
+        rng = child_rng(cfg.run.seed, _BOOTSTRAP_KEY, iteration, j + 1)
+        stats[name] = _stat(regret.scenario_bootstrap_ci(list(theirs.values()), list(theirs), rng))
+        diff_rng = child_rng(cfg.run.seed, _BOOTSTRAP_KEY, iteration, j + 1, _DIFF_KEY)
+        diff = regret.paired_difference_ci(mine, theirs, diff_rng)
+        if diff is not None:
+            differences[name] = _stat(diff)
+    return Comparison(policy=policy, baselines=stats, differences=differences)
 
 
 def rollout_and_compare(
@@ -138,7 +141,7 @@ def rollout_and_compare(
     out_dir.mkdir(parents=True, exist_ok=True)
     episodes_path = out_dir / "episodes.jsonl"
     provider = resolve_policy(cfg, spec=policy)
-    cache = ResponseCache(out_dir / "responses.jsonl") if cfg.rollout.cache else None
+    cache = ResponseCache(cache_path(out_dir)) if cfg.rollout.cache else None
 
     async def play() -> RolloutSummary:
         try:
@@ -162,9 +165,7 @@ def rollout_and_compare(
     finally:
         if cache is not None:
             cache.close()
-    policy_stat, baseline_stats = compare_with_baselines(
-        episodes_path, drawn, cfg, iteration=iteration
-    )
+    compared = compare_with_baselines(episodes_path, drawn, cfg, iteration=iteration)
     instance = drawn[0].instance
     return RolloutReport(
         summary=summary,
@@ -173,6 +174,7 @@ def rollout_and_compare(
         num_arms=int(instance.num_arms),
         scenarios=m,
         rollouts_per_scenario=rollouts_per_scenario,
-        policy=policy_stat,
-        baselines=baseline_stats,
+        policy=compared.policy,
+        baselines=compared.baselines,
+        differences=compared.differences,
     )

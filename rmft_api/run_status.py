@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from rmft_api.datasets import DataCard
-from rmft_api.evaluate import EvalMetrics
+from rmft_api.evaluate import EvalMetrics, RegretSummary
 from rmft_api.run_state import load_info, load_state
 from rmft_api.schema import Episode, JobRef
 from rmft_api.selection import SelectionReport
@@ -26,6 +26,8 @@ class IterationStatus(BaseModel):
     eval_ci_high: float | None
     eval_episodes: int
     baselines: dict[str, float]  # classic agents' mean regret on the same held-out draws
+    # policy − agent regret per scenario with its paired 95% CI (metrics.json `differences`)
+    differences: dict[str, RegretSummary] = Field(default_factory=dict)
     kept: int | None
     total: int | None
     tokens: int | None  # training-file tokens
@@ -85,6 +87,7 @@ def _row(run: RunPaths, index: int, *, phase: str, policy: str | None) -> Iterat
         eval_ci_high=summary.ci_high if summary else None,
         eval_episodes=metrics.complete if metrics else 0,
         baselines={k: v.mean for k, v in metrics.baselines.items()} if metrics else {},
+        differences=dict(metrics.differences) if metrics else {},
         kept=selection.kept if selection else None,
         total=selection.total if selection else None,
         tokens=card.tokens.total if card else None,

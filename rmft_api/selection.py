@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from rmft_api.schema import SCHEMA_VERSION
+
 T = TypeVar("T")
 
 
@@ -65,7 +67,7 @@ class SelectionReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = 1
+    schema_version: int = SCHEMA_VERSION
     total: int  # episodes offered
     eligible: int  # complete episodes that passed every guard
     kept: int
@@ -114,6 +116,19 @@ def _guard(
     return None
 
 
+def quantile_threshold(regrets: Sequence[float], q: float) -> float:
+    """The empirical q-quantile of `regrets`: the ⌈q·n⌉-th smallest (−inf when empty).
+
+    `global_quantile` keeps every episode at or below it, as the config promises. Keeping exactly
+    ⌈q·n⌉ episodes instead would cut ties at the threshold by scenario index, which is common:
+    on a gap instance every regret is a multiple of the gap.
+    """
+    if not regrets:
+        return -math.inf
+    ordered = sorted(regrets)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
@@ -151,8 +166,8 @@ def select_episodes(
         )
     else:
         ranked = sorted(eligible, key=lambda e: (e.regret, e.scenario_index, e.rollout))
-        n_keep = math.ceil(sel.quantile * len(ranked)) if ranked else 0
-        kept = ranked[:n_keep]
+        threshold = quantile_threshold([e.regret for e in ranked], sel.quantile)
+        kept = [e for e in ranked if e.regret <= threshold]
     report = SelectionReport(
         total=len(episodes),
         eligible=len(eligible),

@@ -226,3 +226,68 @@ def test_ftpl_and_hedge_learn_the_stochastic_best_arm() -> None:
     assert uniform > 200  # mean gap to the best arm is 0.25 per round
     for name in ("hedge", "ftpl", "ftl"):
         assert _experts_regret(name, inst) < 0.15 * uniform, name
+
+
+def test_ucb_bonus_is_scaled_by_the_gaussian_noise() -> None:
+    """With σ = 0.1 the unscaled bonus (built for [0, 1] rewards) made UCB1 explore as if the
+    noise were ten times larger: regret 12.5 on the hard preset, near uniform's 16."""
+    env = EnvConfig(preset="hard", noise="gaussian", sigma=0.1)
+    uniform = _bandit_regret("uniform", env, replicates=100)
+    ucb = _bandit_regret("ucb1", env, replicates=100)
+    thompson = _bandit_regret("thompson", env, replicates=100)
+    assert uniform == pytest.approx(16.0, rel=0.05)
+    assert ucb < 0.3 * uniform  # σ-scaled: about 3 (unscaled: about 12.5)
+    assert ucb < 2.5 * thompson
+    # The registry passes σ from the instance, or from `sigma` when no instance is given.
+    inst = _bandit(env, 0)
+    agent = make_agent("ucb1", CFG, env_kind="mab", instance=inst)
+    assert getattr(agent, "scale", None) == pytest.approx(0.2)
+    alone = make_agent("sw_ucb", CFG, env_kind="ns", noise="gaussian", sigma=0.05)
+    assert getattr(alone, "scale", None) == pytest.approx(0.1)
+
+
+def test_bernoulli_ucb_bonus_is_unchanged() -> None:
+    """Bernoulli rewards keep the bonus sqrt(c ln n / n_a): the same arms as before, round by
+    round (checked against the index computed by hand)."""
+    env = EnvConfig(preset="hard")
+    inst = _bandit(env, 4)
+    agent = _bandit_agent("ucb1", inst)
+    assert getattr(agent, "scale", None) == 1.0
+    trace = run_bandit(agent, inst, child_rng(0))
+    counts, sums = np.zeros(inst.num_arms), np.zeros(inst.num_arms)
+    for t, a in enumerate(trace.actions):
+        if t >= inst.num_arms:
+            index = sums / counts + np.sqrt(CFG.ucb_c * math.log(t) / counts)
+            assert index[a] == index.max()
+        counts[a] += 1
+        sums[a] += trace.rewards[t]
+
+
+def test_sliding_window_ucb_bonus_is_scaled_by_the_gaussian_noise() -> None:
+    env = EnvConfig(preset="ns-abrupt", horizon=1000, noise="gaussian", sigma=0.1)
+    cfg = AgentsConfig()  # window 50
+    scaled = _bandit_regret("sw_ucb", env, replicates=10, cfg=cfg)
+    from rmft_api.agents.nonstationary import SlidingWindowUCBAgent
+
+    unscaled = 0.0
+    for seed in range(10):
+        inst = _bandit(env, seed)
+        agent = SlidingWindowUCBAgent(window=cfg.window, c=cfg.ucb_c)  # the old, unscaled index
+        trace = run_bandit(agent, inst, child_rng(99, seed))
+        chosen = inst.means[np.arange(inst.horizon), trace.actions]
+        unscaled += float((inst.means.max(axis=1) - chosen).sum()) / 10
+    assert scaled < 0.5 * unscaled  # about 33 against 109
+
+
+def test_constant_bonus_is_krishnamurthy_ucb() -> None:
+    """agents.ucb_bonus = "constant": the index μ̂ + sqrt(c / n_a) (no log n)."""
+    cfg = AgentsConfig(ucb_bonus="constant")
+    inst = _bandit(EnvConfig(preset="hard"), 2)
+    trace = run_bandit(_bandit_agent("ucb1", inst, cfg), inst, child_rng(1))
+    counts, sums = np.zeros(inst.num_arms), np.zeros(inst.num_arms)
+    for t, a in enumerate(trace.actions):
+        if t >= inst.num_arms:
+            index = sums / counts + np.sqrt(1.0 / counts)
+            assert index[a] == index.max()
+        counts[a] += 1
+        sums[a] += trace.rewards[t]

@@ -136,3 +136,41 @@ def test_bad_requests_raise_config_errors(kwargs: dict[str, Any], needle: str) -
 def test_unknown_fol_family_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="family"):
         run_baselines(load_config(overrides=["env.kind=fol"]), replicates=2, families=["nope"])
+
+
+def test_lai_robbins_is_printed_as_an_asymptotic_rate_not_a_bound() -> None:
+    result = CliRunner().invoke(app, ["baselines", "--preset", "hard", "--replicates", "10"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Lai–Robbins asymptotic rate" in text and "as T → ∞" in text
+    assert "Lai–Robbins bound" not in text
+    assert "not a limit at this T" in text
+
+
+def test_curves_ending_at_or_below_zero_are_no_regret() -> None:
+    """The oracle's curve is 0 throughout: no exponent, labelled no-regret, in the JSON and the
+    table (β column)."""
+    out = _cli_json("--preset", "hard", "--replicates", "5", "--agent", "oracle")
+    oracle = out["agents"]["oracle"]
+    assert oracle["no_regret"] is True
+    assert oracle["growth_exponent"] is None and oracle["growth_p_value"] is None
+    result = CliRunner().invoke(app, ["baselines", "--preset", "hard", "--replicates", "5"])
+    assert "no-regret" in result.output
+
+
+def test_ucb1_growth_has_its_regression_test() -> None:
+    cfg = load_config(overrides=["env.preset=hard"])
+    report = run_baselines(cfg, replicates=30, horizon=400, agents=["ucb1", "uniform"])
+    ucb, uniform = report.agents["ucb1"], report.agents["uniform"]
+    assert ucb.growth_p_value is not None and ucb.growth_p_value < 1e-6  # H0 β ≥ 1 rejected
+    assert uniform.growth_p_value is not None and uniform.growth_p_value > 0.01
+
+
+def test_several_seeds_per_replicate_keep_play_0_and_resample_replicates() -> None:
+    cfg = load_config(overrides=["env.preset=hard"])
+    one = run_baselines(cfg, replicates=20, horizon=40, agents=["thompson"])
+    four = run_baselines(cfg, replicates=20, horizon=40, agents=["thompson"], seeds=4)
+    assert (one.seeds_per_scenario, four.seeds_per_scenario) == (1, 4)
+    assert one.agents["thompson"] != four.agents["thompson"]
+    with pytest.raises(ConfigError, match="seeds"):
+        run_baselines(cfg, replicates=2, seeds=0)

@@ -179,3 +179,86 @@ def test_settings_overrides_are_validated() -> None:
         default_numeric_config("mab", overrides=["keep=99"])
     with pytest.raises(ConfigError, match="nonsense"):
         default_numeric_config("mab", overrides=["nonsense=1"])
+
+
+def test_evaluation_sets_have_their_own_draws_and_are_checked_disjoint() -> None:
+    from rmft_api.errors import StateError
+    from rmft_api.numeric.evaluate import check_disjoint
+    from rmft_api.numeric.experiment import training_scenarios
+
+    cfg = _cfg("mab", "eval.scenarios=10")
+    main = heldout_scenarios(cfg, horizon=100, num_arms=5)
+    longer = heldout_scenarios(cfg, horizon=200, num_arms=5, block=1)
+    wider = heldout_scenarios(cfg, horizon=100, num_arms=8, block=2)
+    # The 2×-horizon set used to reuse the main set's seeds (same means, same first 100 rounds).
+    assert not {s.seed for s in main} & {s.seed for s in longer}
+    assert not {s.seed for s in longer} & {s.seed for s in wider}
+    on_validation = _cfg("mab", "eval.scenarios=10", "eval.split=validation")
+    validation = heldout_scenarios(on_validation, horizon=100, num_arms=5)
+    assert not {s.seed for s in main} & {s.seed for s in validation}
+    train = training_scenarios(cfg, 1)
+    sizes = check_disjoint({"train": train, "heldout": main, "horizon_x2": longer})
+    assert sizes == {"train": len(train), "heldout": 20, "horizon_x2": 20}
+    with pytest.raises(StateError, match="both 'heldout' and 'again'"):
+        check_disjoint({"heldout": main, "again": main[:1]})
+
+
+def test_a_run_reports_each_task_and_the_checked_sets(capsys: pytest.CaptureFixture[str]) -> None:
+    from rmft_api.numeric.experiment import run_numeric
+    from rmft_api.numeric.report import render_numeric
+
+    cfg = _cfg(
+        "mab",
+        "eval.scenarios=3",
+        "eval.bootstrap=200",
+        "eval.more_arms=4",
+        "eval.baseline_seeds=2",
+        iterations=1,
+        horizon=8,
+        scenarios=4,
+        rollouts=4,
+        keep=1,
+        train_arms=[3],
+    )
+    result = run_numeric(cfg)
+    assert result.split == "heldout"
+    assert result.scenario_sets == {"train": 4, "heldout": 6, "horizon_x2": 6, "arms_4": 6}
+    assert set(result.baselines["ucb1"].groups) == {"bernoulli", "gaussian"}
+    assert result.baselines["ucb1"].scenarios == 6  # 2 plays each, resampled as 6 scenarios
+    last = result.iterations[-1]
+    diff = last.vs_baselines["ucb1"]
+    assert set(diff.groups) == {"bernoulli", "gaussian"} and diff.scenarios == 6
+    assert diff.mean == pytest.approx(last.mean_regret - result.baselines["ucb1"].mean_regret)
+    versus = result.generalization["horizon_x2"].trained_vs_baselines
+    assert set(versus) == {"ucb1", "thompson", "greedy", "uniform"}
+    render_numeric(result)
+    out = capsys.readouterr().out
+    assert "mab, bernoulli" in out and "mab, gaussian" in out and "− ucb1" in out
+
+
+def test_suff_fail_uses_the_one_definition_of_t_half() -> None:
+    """Rounds 50..100 at T = 100, as everywhere else (the numeric code used to look at 51..100)."""
+    from rmft_api.numeric.evaluate import Curves
+
+    actions = np.zeros((1, 100), dtype=np.int64)
+    actions[0, 49] = 1  # the best arm, pulled in round 50 only (1-indexed)
+    curves = Curves(
+        np.cumsum(np.full((1, 100), 0.2), axis=1),
+        ["bernoulli"],
+        [0],
+        actions=actions,
+        best_arms=np.array([1]),
+    )
+    summary = curves.summary(np.random.default_rng(0), level=0.95, n_boot=100)
+    assert summary.suff_fail_freq == 0.0
+
+
+def test_a_no_regret_curve_gets_no_growth_exponent() -> None:
+    from rmft_api.numeric.evaluate import Curves
+
+    t = np.arange(1, 51, dtype=np.float64)
+    curve = np.where(t <= 10, t / 2, 5.0 - (t - 10))  # up to +5, then down to −35
+    summary = Curves(curve[None, :], ["alternating"], [0]).summary(
+        np.random.default_rng(0), level=0.95, n_boot=100
+    )
+    assert summary.no_regret and summary.growth_exponent is None

@@ -140,6 +140,12 @@ def test_report_numbers_are_the_runs_numbers(bandit_run: tuple[Config, RunPaths]
     )
     assert summary["improvement"]["cis_overlap"] == overlap
     assert [it["label"] for it in summary["iterations"]] == ["0", "final"]
+    # Policy − agent per scenario, paired, with the agents averaged over their seeds.
+    diff = summary["iterations"][1]["metrics"]["differences"]["ucb1"]
+    assert diff["mean"] == pytest.approx(last.regret.mean - last.baselines["ucb1"].mean)
+    assert diff["scenarios"] == SCENARIOS and last.baseline_seeds == 10
+    text = (run.report / "report.md").read_text()
+    assert "per scenario (paired)" in text and "− ucb1 [95% CI]" in text
 
 
 def test_rank_shares_and_suff_fail_agree_with_the_metrics(
@@ -248,6 +254,13 @@ def test_report_and_compare_commands(bandit_run: tuple[Config, RunPaths], tmp_pa
     assert any(d.startswith("run.seed: 5 → 6") for d in diffs)
     assert any(d.startswith("policy.spec:") for d in diffs)
     assert cmp["a"]["iterations"][0]["grid"]["unseen"]["n"] == SCENARIOS
+    assert set(cmp["a"]["iterations"][1]["differences"]) == {"ucb1", "thompson", "uniform"}
+    assert "− ucb1 [95% CI]" in result.output
+    status = runner.invoke(app, ["status", str(run.root), "--json"])
+    assert status.exit_code == 0, status.output
+    final = json.loads(status.output.strip().splitlines()[-1])["final"]
+    assert final["differences"]["ucb1"]["ci_low"] <= final["differences"]["ucb1"]["mean"]
+    assert "− ucb1 [95% CI]" in status.output
 
 
 def test_config_reference_is_up_to_date() -> None:

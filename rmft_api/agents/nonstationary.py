@@ -18,16 +18,16 @@ SW_UCB_XI = 0.6
 class SlidingWindowUCBAgent:
     """SW-UCB (Garivier & Moulines 2011): UCB1 on the last `window` rounds only.
 
-    Index μ̂_a + sqrt(ξ·c·ln min(n, τ) / n_a) with ξ = 0.6, the paper's choice (c = `ucb_c`
-    scales it like UCB1's bonus); μ̂_a and n_a count only the rounds in the window. An arm absent
-    from the window has index +inf and is pulled again, so after a change point every arm is
-    re-checked within τ rounds.
+    Index μ̂_a + s·sqrt(ξ·c·ln min(n, τ) / n_a) with ξ = 0.6, the paper's choice (c = `ucb_c`
+    scales it like UCB1's bonus, s = `noise_scale`: 1 for Bernoulli, 2σ for Gaussian rewards);
+    μ̂_a and n_a count only the rounds in the window. An arm absent from the window has index
+    +inf and is pulled again, so after a change point every arm is re-checked within τ rounds.
     """
 
     name = "sw_ucb"
 
-    def __init__(self, *, window: int, c: float) -> None:
-        self.window, self.c = window, c
+    def __init__(self, *, window: int, c: float, scale: float = 1.0) -> None:
+        self.window, self.c, self.scale = window, c, scale
 
     def reset(self, num_arms: int, horizon: int, rng: np.random.Generator) -> None:
         self._num_arms, self._rng = num_arms, rng
@@ -42,7 +42,7 @@ class SlidingWindowUCBAgent:
         if not counts.all():
             return np.where(counts > 0, -np.inf, np.inf)  # absent arms first
         n = min(self._played, self.window)
-        bonus = np.sqrt(SW_UCB_XI * self.c * math.log(max(n, 1)) / counts)
+        bonus = self.scale * np.sqrt(SW_UCB_XI * self.c * math.log(max(n, 1)) / counts)
         return self._sums / counts + bonus
 
     def policy(self, t: int) -> FloatArray:

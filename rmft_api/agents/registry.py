@@ -11,6 +11,7 @@ from rmft_api.agents.bandit import (
     ThompsonAgent,
     UCB1Agent,
     UniformAgent,
+    noise_scale,
 )
 from rmft_api.agents.base import BanditAgent, ExpertsAgent
 from rmft_api.agents.experts import (
@@ -51,9 +52,10 @@ def make_agent(
 ) -> BanditAgent | ExpertsAgent:
     """A fresh agent `name` for `env_kind`, with hyperparameters from `cfg`.
 
-    `instance` is needed by the oracle only. Thompson-style agents model Bernoulli rewards unless
-    `noise` (or the instance's noise) says Gaussian; σ then comes from `sigma` or the instance
-    (1.0, a cautious guess, when neither is given).
+    `instance` is needed by the oracle only. Agents model Bernoulli rewards unless `noise` (or
+    the instance's noise) says Gaussian; σ then comes from `sigma` or the instance (1.0, a
+    cautious guess, when neither is given). Thompson-style agents use σ in their posterior, the
+    UCB agents scale their bonus by it (`noise_scale`).
     """
     allowed = agent_names(env_kind)
     key = name.strip().lower().replace("-", "_")
@@ -86,13 +88,15 @@ def _make_bandit_agent(
     if key == "eps_greedy":
         return EpsilonGreedyAgent(cfg.epsilon)
     if key == "ucb1":
-        return UCB1Agent(cfg.ucb_c)
+        return UCB1Agent(cfg.ucb_c, scale=noise_scale(noise, sigma), bonus=cfg.ucb_bonus)
     if key == "thompson":
         return ThompsonAgent(noise=noise, sigma=sigma)
     if key == "exp3":
         return Exp3Agent(cfg.exp3_gamma)
     if key == "sw_ucb":
-        return SlidingWindowUCBAgent(window=cfg.window, c=cfg.ucb_c)
+        return SlidingWindowUCBAgent(
+            window=cfg.window, c=cfg.ucb_c, scale=noise_scale(noise, sigma)
+        )
     if key == "discounted_ts":
         return DiscountedThompsonAgent(discount=cfg.discount, noise=noise, sigma=sigma)
     raise ConfigError(f"unknown bandit agent {key!r}")

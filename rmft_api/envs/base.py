@@ -16,14 +16,15 @@ from numpy.typing import NDArray
 FloatArray = NDArray[np.float64]
 
 EnvKind = Literal["mab", "fol", "ns"]
-Split = Literal["train", "heldout"]
+# validation: a third stream for choosing settings without looking at the held-out figures.
+Split = Literal["train", "heldout", "validation"]
 
-# Distinct integers mixed into the seed sequence so train and held-out scenario seeds never collide.
-_SPLIT_SALT: dict[str, int] = {"train": 0x7A11, "heldout": 0x4E1D}
+# Distinct integers mixed into the seed sequence so the splits' scenario seeds never collide.
+_SPLIT_SALT: dict[str, int] = {"train": 0x7A11, "heldout": 0x4E1D, "validation": 0x5A1D}
 
 
 def scenario_seed(run_seed: int, split: Split, index: int) -> int:
-    """The seed of scenario `index` of `split`; train and held-out streams are disjoint by salt."""
+    """The seed of scenario `index` of `split`; the splits' streams are disjoint by salt."""
     seq = np.random.SeedSequence([run_seed, _SPLIT_SALT[split], index])
     return int(seq.generate_state(1, dtype=np.uint64)[0])
 

@@ -37,11 +37,13 @@ FloatArray = NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Scenario:
-    """One environment instance: `index` is unique within its split, `group` its family/noise."""
+    """One environment instance: `index` is unique within its split, `group` its family/noise,
+    `seed` the scenario seed it was drawn from (checked disjoint across splits and sets)."""
 
     index: int
     group: str
     instance: Instance
+    seed: int
 
 
 def env_config(cfg: NumericConfig, *, group: str, num_arms: int, horizon: int) -> EnvConfig:
@@ -83,7 +85,8 @@ def make_scenarios(
         group = groups[i % len(groups)]
         k = arms[(i // len(groups)) % len(arms)]
         env = env_config(cfg, group=group, num_arms=k, horizon=horizon)
-        out.append(Scenario(i, group, make_instance(env, scenario_seed(cfg.seed, split, i))))
+        seed = scenario_seed(cfg.seed, split, i)
+        out.append(Scenario(i, group, make_instance(env, seed), seed))
     return out
 
 

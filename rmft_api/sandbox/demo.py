@@ -39,7 +39,7 @@ def run_demo(config: str | Path = CONFIG) -> Path:
         cfg, run = open_run(config, overrides=[f'policy.base_url="{url}"'])
         reporter.console.print(f"run directory: {run.root}")
         try:
-            Pipeline(cfg, run, reporter=reporter, poll_interval_s=0.5).run_to_end()
+            Pipeline(cfg, run, reporter=reporter).run_to_end()  # polls as [trainer] says
         finally:
             reporter.close()
     render_status(run_status(run))
