@@ -16,6 +16,7 @@ from rmft_api.errors import RmftError
 
 if TYPE_CHECKING:
     from rmft_api.baselines import AgentSummary, BaselinesReport
+    from rmft_api.preflight import PreflightReport
     from rmft_api.rollout_progress import RolloutProgress
     from rmft_api.rollout_report import RolloutReport
     from rmft_api.store import RunPaths
@@ -216,6 +217,13 @@ def sandbox(
             "while fine-tuning jobs train the --backing model.",
         ),
     ] = None,
+    shutdown_date: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shutdown-date",
+            help="MODEL=YYYY-MM-DD: report this shutdown_date for MODEL on /v1/models.",
+        ),
+    ] = None,
 ) -> None:
     """Serve an OpenAI-compatible test server on loopback (rate limits, injected faults)."""
     from rmft_api.errors import ConfigError
@@ -225,7 +233,14 @@ def sandbox(
     from rmft_api.sandbox.state import SandboxSettings, check_loopback
 
     check_loopback(host)
+    dates = {}
+    for item in shutdown_date or []:
+        dated, sep, day = item.partition("=")
+        if not sep or not dated or not day:
+            raise ConfigError(f"--shutdown-date {item!r}: expected MODEL=YYYY-MM-DD")
+        dates[dated] = day
     settings = SandboxSettings(
+        shutdown_dates=dates,
         host=host,
         port=port,
         latency_ms=latency_ms,
@@ -476,6 +491,57 @@ def run(
     report_md = run_paths.report / "report.md"
     if report_md.is_file():
         typer.echo(f"report: {report_md}")
+
+
+@app.command()
+def doctor(
+    config: Annotated[Path, typer.Argument(help="TOML config of the run.", dir_okay=False)],
+    set_: SetOpt = None,
+    today: Annotated[
+        str | None,
+        typer.Option("--today", help="Check as of this date (YYYY-MM-DD); default: today."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The preflight alone: will every model the run needs outlive it? (free; nothing is paid)"""
+    import datetime as dt
+
+    from rmft_api.config import load_config
+    from rmft_api.errors import ConfigError, TrainingUnavailableError
+    from rmft_api.preflight import doctor as run_doctor
+
+    try:
+        day = dt.date.fromisoformat(today) if today else dt.date.today()
+    except ValueError as e:
+        raise ConfigError(f"--today {today!r}: expected YYYY-MM-DD") from e
+    report = run_doctor(load_config(config, overrides=list(set_ or [])), today=day)
+    _render_preflight(report)
+    if json_out:
+        typer.echo(report.model_dump_json())
+    if not report.ok:
+        raise TrainingUnavailableError(report.refusal())
+
+
+def _render_preflight(report: PreflightReport) -> None:
+    from rich.table import Table
+
+    from rmft_api.console import table_console
+    from rmft_api.preflight import REPORTED_OPENAI_DATES
+
+    console = table_console()
+    t = Table(title=f"preflight as of {report.today}: models needed until {report.needed_until}")
+    for col in ("model", "server", "shutdown_date", "verdict"):
+        t.add_column(col)
+    for c in report.checks:
+        verdict = "[green]ok[/green]" if c.ok else "[red]shuts down too soon[/red]"
+        t.add_row(c.model, c.base_url, str(c.shutdown_date or "— (none announced)"), verdict)
+    console.print(t)
+    for note in report.notes:
+        console.print(f"  note: {note}")
+    if any(c.base_url.endswith("api.openai.com/v1") for c in report.checks):
+        for day, what in REPORTED_OPENAI_DATES.items():
+            console.print(f"  reported (unverified): {day}: {what}")
+    console.print("[green]OK[/green]" if report.ok else "[red]REFUSED[/red]")
 
 
 @app.command()

@@ -11,10 +11,12 @@ makes submit idempotent), a finished adapter is not retrained.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 from rmft_api.config import Config, LoraTrainerConfig, OpenAITrainerConfig
@@ -99,6 +101,7 @@ class Pipeline:
     reporter: Reporter = field(default_factory=SilentReporter)
     poll_interval_s: float = 1.0
     max_poll_interval_s: float = 15.0
+    today: Callable[[], dt.date] = dt.date.today  # the preflight's clock (tests fix it)
     _providers: dict[str, Provider] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- driving
@@ -126,6 +129,8 @@ class Pipeline:
             state = state.model_copy(update={"status": "running", "message": None})
             save_state(self.run, state)
         try:
+            if state.phase != "done":
+                await asyncio.to_thread(self._preflight, state)
             while state.phase != "done":
                 before = state
                 state = await self._step(state)
@@ -175,6 +180,21 @@ class Pipeline:
                 }
             )
         raise StateError(f"state.json has an unknown phase {phase!r}")
+
+    def _preflight(self, state: RunState) -> None:
+        """Refuse, before anything is paid, a run that needs a model past its shutdown."""
+        if not self.cfg.preflight.enabled:
+            return
+        from rmft_api.preflight import check_preflight
+
+        report = check_preflight(
+            self.cfg,
+            policy=state.policy,
+            iterations_left=max(0, self.cfg.iterations.count - state.iteration),
+            today=self.today(),
+        )
+        for note in report.notes:
+            self.reporter.note(f"preflight: {note}")
 
     # ---------------------------------------------------------------- providers
 

@@ -39,6 +39,11 @@ class SandboxSettings(BaseModel):
         default_factory=list, description="Model names served; empty = any name is accepted."
     )
     default_max_tokens: int = Field(default=256, ge=1, description="When a request sets none.")
+    shutdown_dates: dict[str, str] = Field(
+        default_factory=dict,
+        description="`shutdown_date` that /v1/models reports, by model (YYYY-MM-DD); fine-tuned "
+        "models inherit their root base's.",
+    )
     faults: FaultPlan = Field(default_factory=FaultPlan)
     fine_tuning: FineTuneSettings = Field(default_factory=FineTuneSettings)
 
