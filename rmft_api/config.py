@@ -221,6 +221,11 @@ class PolicyConfig(Section):
     base_urls: list[str] = Field(
         default_factory=list, description="openai: several replicas, requests spread over them."
     )
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="openai: environment variable holding the key (e.g. TOGETHER_API_KEY for "
+        "Together's endpoint); azure/<deployment> reads [azure].",
+    )
     concurrency: int = Field(default=64, ge=1, description="openai: requests in flight at most.")
     rpm: int | None = Field(default=None, ge=1, description="openai: requests per minute cap.")
     tpm: int | None = Field(default=None, ge=1, description="openai: tokens per minute cap.")

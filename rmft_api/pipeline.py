@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from rmft_api.config import Config, LoraTrainerConfig, OpenAITrainerConfig
+from rmft_api.config import (
+    AzureTrainerConfig,
+    Config,
+    LoraTrainerConfig,
+    OpenAITrainerConfig,
+    TogetherTrainerConfig,
+)
 from rmft_api.envs.scenarios import Scenario, build_scenarios
 from rmft_api.errors import BudgetError, RmftError, StateError, TrainingError
 from rmft_api.providers.base import Provider
@@ -81,6 +87,14 @@ def build_trainer(cfg: Config, run: RunPaths) -> Trainer:
         from rmft_api.trainers.lora import LocalLoraTrainer
 
         return LocalLoraTrainer(cfg.trainer)
+    if isinstance(cfg.trainer, AzureTrainerConfig):
+        from rmft_api.trainers.azure_ft import AzureFineTuner
+
+        return AzureFineTuner.for_run(cfg, run_id=run.run_id, state_dir=run.root / "azure")
+    if isinstance(cfg.trainer, TogetherTrainerConfig):
+        from rmft_api.trainers.together_ft import TogetherFineTuner
+
+        return TogetherFineTuner.for_run(cfg, run_id=run.run_id, state_dir=run.root / "together")
     from rmft_api.trainers.openai_ft import OpenAIFineTuner
 
     return OpenAIFineTuner.for_run(cfg, run_id=run.run_id, state_dir=run.root / "openai")
@@ -376,16 +390,18 @@ class Pipeline:
     def _base_policy(self, state: RunState) -> str:
         """What the next job trains from: the current policy, or P_0 with init_from = base
         (the LoRA trainer reads init_from itself and takes the base from the policy spec)."""
-        if self.cfg.trainer.init_from == "base" and self.cfg.trainer.kind == "openai":
+        hosted = not isinstance(self.cfg.trainer, LoraTrainerConfig)
+        if self.cfg.trainer.init_from == "base" and hosted:
             return state.policies[0]
         return state.policy
 
     def _validate(self, state: RunState, paths: IterationPaths) -> None:
         from rmft_api.validation import validate_file
 
-        openai = self.cfg.trainer.kind == "openai"
+        # OpenAI and Azure share the fine-tuning API's rules (≥ 10 examples, its price table).
+        openai = isinstance(self.cfg.trainer, OpenAITrainerConfig)
         n_epochs: int | Literal["auto"] = "auto"
-        if isinstance(self.cfg.trainer, OpenAITrainerConfig):
+        if isinstance(self.cfg.trainer, OpenAITrainerConfig | TogetherTrainerConfig):
             n_epochs = self.cfg.trainer.n_epochs
         report = validate_file(
             paths.train,

@@ -86,7 +86,16 @@ def _openai(spec: str, model: str, options: dict[str, Any]) -> Provider:
     urls = list(options.get("base_urls") or [])
     if options.get("base_url"):
         urls.insert(0, options["base_url"])
-    known = ("concurrency", "rpm", "tpm", "timeout_s", "max_retries", "prices", "window_s")
+    known = (
+        "concurrency",
+        "rpm",
+        "tpm",
+        "timeout_s",
+        "max_retries",
+        "prices",
+        "window_s",
+        "api_key_env",
+    )
     kwargs = {k: options[k] for k in known if options.get(k) is not None}
     return OpenAIProvider(model, base_url=urls or None, spec=spec, **kwargs)
 
@@ -110,6 +119,7 @@ def provider_options(cfg: Config) -> dict[str, Any]:
     return {
         "base_url": policy.base_url,
         "base_urls": policy.base_urls,
+        "api_key_env": policy.api_key_env,
         "concurrency": policy.concurrency,
         "rpm": policy.rpm,
         "tpm": policy.tpm,

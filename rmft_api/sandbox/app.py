@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rmft_api.sandbox import chat, files, finetune
+from rmft_api.sandbox import chat, files, finetune, together
 from rmft_api.sandbox.replies import fault_reply
 from rmft_api.sandbox.state import SandboxState
 
@@ -59,6 +59,7 @@ def build_app(state: SandboxState) -> ASGIApp:
         *chat.routes(state),
         *files.routes(state),
         *finetune.routes(state),
+        *together.routes(state),
     ]
     inner = Starlette(routes=routes)
     inner.state.sandbox = state

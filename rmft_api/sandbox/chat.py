@@ -34,7 +34,10 @@ _MESSAGES = TypeAdapter(list[Message])
 TOKENS_REPLY_PRIMING = 3
 
 
-def routes(state: SandboxState) -> list[Route]:
+def routes(state: SandboxState, *, prefix: str = "/v1") -> list[Route]:
+    """The chat and model-list routes under `prefix` (other services' OpenAI-compatible
+    endpoints, e.g. Together's, mount them under their own)."""
+
     async def chat_completions(request: Request) -> Response:
         return await _chat(request, state)
 
@@ -57,8 +60,8 @@ def routes(state: SandboxState) -> list[Route]:
         return JSONResponse({"object": "list", "data": data})
 
     return [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
+        Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]),
+        Route(f"{prefix}/models", models, methods=["GET"]),
     ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,9 @@ from rmft_api.sandbox.files import FileStore
 from rmft_api.sandbox.ft_jobs import FineTuningJobs
 from rmft_api.sandbox.ft_objects import FineTuneSettings
 from rmft_api.sandbox.ratelimit import ServerRateLimiter
+
+if TYPE_CHECKING:
+    from rmft_api.sandbox.together import TogetherState
 
 MAX_ARRIVALS_KEPT = 10_000
 
@@ -88,6 +91,7 @@ class SandboxState:
         self.chat_arrivals: deque[float] = deque(maxlen=MAX_ARRIVALS_KEPT)
         self.files = FileStore(settings.fine_tuning.work_dir)
         self.jobs = FineTuningJobs(self)  # registers the models it trains in `backings`
+        self.together: TogetherState | None = None  # set by the Together routes
 
     def backing_for(self, model: str) -> Provider:
         return self.backings.get(model, self.backing)
