@@ -518,6 +518,8 @@ def doctor(
     _render_preflight(report)
     if json_out:
         typer.echo(report.model_dump_json())
+    if report.problems:
+        raise ConfigError(report.refusal())
     if not report.ok:
         raise TrainingUnavailableError(report.refusal())
 
@@ -538,6 +540,8 @@ def _render_preflight(report: PreflightReport) -> None:
     console.print(t)
     for note in report.notes:
         console.print(f"  note: {note}")
+    for problem in report.problems:
+        console.print(f"  [red]problem[/red]: {problem}")
     if any(c.base_url.endswith("api.openai.com/v1") for c in report.checks):
         for day, what in REPORTED_OPENAI_DATES.items():
             console.print(f"  reported (unverified): {day}: {what}")
@@ -576,6 +580,44 @@ def cancel(
         typer.echo(f"{paths.root}: no fine-tuning job to cancel; run marked stopped")
     else:
         typer.echo(f"{paths.root}: job {ref.job_id} is {ref.status}; run marked stopped")
+
+
+@app.command()
+def deployments(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.", file_okay=False)],
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Delete them on Azure (all, or those --name'd).")
+    ] = False,
+    names: Annotated[
+        list[str] | None, typer.Option("--name", help="Only this deployment (repeatable).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The run's Azure deployments and what they cost while idle; --delete removes them."""
+    import json
+
+    from rmft_api.run_state import load_config_of
+    from rmft_api.store import RunPaths
+    from rmft_api.trainers.azure_deploy import DeploymentFile, delete_deployments
+
+    paths = RunPaths(run_dir)
+    state_dir = paths.root / "azure"
+    if delete:
+        cfg = load_config_of(paths)
+        for record in delete_deployments(
+            state_dir, cfg.azure, run_id=paths.run_id, names=list(names or []) or None
+        ):
+            typer.echo(f"deleted {record.name} ({record.model})")
+    records = DeploymentFile(state_dir, run_id=paths.run_id).load().deployments
+    if not records:
+        typer.echo(f"{paths.root}: no Azure deployments")
+    for r in records:
+        cost = "" if r.deleted_at else f", about ${r.hosting_usd_per_hour:.2f}/hour while it exists"
+        typer.echo(f"{r.name}: {r.state} (iteration {r.iteration}, {r.model}){cost}")
+    if any(r.deleted_at is None for r in records):
+        typer.echo("  hourly costs are reported figures, unverified; check your price sheet")
+    if json_out:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in records]))
 
 
 @app.command()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pydantic import BaseModel, ConfigDict
 
 from rmft_api.config import AzureTrainerConfig, Config, OpenAITrainerConfig
-from rmft_api.errors import ProviderError, RmftError, TrainingUnavailableError
+from rmft_api.errors import ConfigError, ProviderError, RmftError, TrainingUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,15 @@ class PreflightReport(BaseModel):
     iterations_left: int
     checks: list[ModelCheck]
     notes: list[str]
+    problems: list[str] = []  # settings a hosted backend needs and lacks (keys, endpoints)
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return not self.problems and all(c.ok for c in self.checks)
 
     def refusal(self) -> str:
+        if self.problems:
+            return "not ready to start: " + "; ".join(self.problems)
         bad = [c for c in self.checks if not c.ok]
         parts = [
             f"{c.model} shuts down on {c.shutdown_date} (shutdown_date of "
@@ -78,6 +81,37 @@ class PreflightReport(BaseModel):
             f"about {self.needed_until} (today {self.today} + preflight.days_per_iteration × "
             f"iterations + preflight.margin_days). {ALTERNATIVES}"
         )
+
+
+def hosted_problems(cfg: Config, policy: str) -> list[str]:
+    """What the hosted backends of this run lack (endpoint, ids, secrets in the environment),
+    found before the first paid request rather than at the first training job."""
+    import os
+
+    from rmft_api.config import TogetherTrainerConfig
+
+    problems: list[str] = []
+    azure = cfg.azure
+    uses_azure = policy.startswith("azure/") or isinstance(cfg.trainer, AzureTrainerConfig)
+    if uses_azure:
+        if not azure.endpoint:
+            problems.append("azure.endpoint is not set (https://<resource>.openai.azure.com)")
+        env = azure.api_key_env if azure.auth == "api_key" else azure.ad_token_env
+        if not os.environ.get(env, "").strip():
+            problems.append(f"{env} is not set (azure.auth = {azure.auth!r})")
+    if isinstance(cfg.trainer, AzureTrainerConfig):
+        for key in ("subscription_id", "resource_group", "account"):
+            if not getattr(azure, key):
+                problems.append(f"azure.{key} is not set (the deployment step needs it)")
+        if not os.environ.get(azure.management_token_env, "").strip():
+            problems.append(
+                f"{azure.management_token_env} is not set (an Entra token for "
+                "https://management.azure.com, to deploy each fine-tuned model)"
+            )
+    if isinstance(cfg.trainer, TogetherTrainerConfig):
+        if not os.environ.get(cfg.trainer.api_key_env, "").strip():
+            problems.append(f"{cfg.trainer.api_key_env} is not set (the Together API key)")
+    return problems
 
 
 def needed_models(cfg: Config, policy: str) -> dict[str, list[str]]:
@@ -165,6 +199,7 @@ def run_preflight(
         iterations_left=iterations_left,
         checks=checks,
         notes=notes,
+        problems=hosted_problems(cfg, policy),
     )
 
 
@@ -180,6 +215,8 @@ def check_preflight(
     report = run_preflight(
         cfg, policy=policy, iterations_left=iterations_left, today=today, list_models=list_models
     )
+    if report.problems:
+        raise ConfigError("not ready to start: " + "; ".join(report.problems))
     if not report.ok:
         raise TrainingUnavailableError(report.refusal())
     return report

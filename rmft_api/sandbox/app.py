@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rmft_api.sandbox import chat, files, finetune, together
+from rmft_api.sandbox import azure, chat, files, finetune, together
 from rmft_api.sandbox.replies import fault_reply
 from rmft_api.sandbox.state import SandboxState
 
@@ -60,10 +60,13 @@ def build_app(state: SandboxState) -> ASGIApp:
         *files.routes(state),
         *finetune.routes(state),
         *together.routes(state),
+        *azure.routes(state),
     ]
     inner = Starlette(routes=routes)
     inner.state.sandbox = state
-    return FaultLayer(inner, state)
+    # Faults see the path as the client sent it (an Azure path too), then Azure's data plane
+    # is rewritten onto the OpenAI routes.
+    return FaultLayer(azure.AzureDataPlane(inner, state), state)
 
 
 class FaultLayer:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rmft_api.errors import ConfigError
 from rmft_api.providers.base import Provider
+from rmft_api.sandbox.azure import AzureSandboxSettings
 from rmft_api.sandbox.faults import FaultInjector, FaultPlan
 from rmft_api.sandbox.files import FileStore
 from rmft_api.sandbox.ft_jobs import FineTuningJobs
@@ -22,6 +23,7 @@ from rmft_api.sandbox.ft_objects import FineTuneSettings
 from rmft_api.sandbox.ratelimit import ServerRateLimiter
 
 if TYPE_CHECKING:
+    from rmft_api.sandbox.azure import AzureState
     from rmft_api.sandbox.together import TogetherState
 
 MAX_ARRIVALS_KEPT = 10_000
@@ -49,6 +51,7 @@ class SandboxSettings(BaseModel):
     )
     faults: FaultPlan = Field(default_factory=FaultPlan)
     fine_tuning: FineTuneSettings = Field(default_factory=FineTuneSettings)
+    azure: AzureSandboxSettings = Field(default_factory=AzureSandboxSettings)
 
 
 def check_loopback(host: str) -> None:
@@ -92,6 +95,7 @@ class SandboxState:
         self.files = FileStore(settings.fine_tuning.work_dir)
         self.jobs = FineTuningJobs(self)  # registers the models it trains in `backings`
         self.together: TogetherState | None = None  # set by the Together routes
+        self.azure: AzureState | None = None  # set by the Azure routes
 
     def backing_for(self, model: str) -> Provider:
         return self.backings.get(model, self.backing)
