@@ -143,7 +143,7 @@ def outcome(run: RunPaths, server: SandboxServer) -> dict[str, Any]:
         ],
         "train": [run.iteration(i).train.read_bytes() for i in range(2)],
         "jobs_on_server": len(jobs),
-        "job_models": [j.model for j in jobs],
+        "job_models": [j.model.split(":")[0] for j in jobs],
         "chained": len(jobs) == 2 and jobs[1].model == jobs[0].fine_tuned_model,
         "deployments_created": azure.created,
         "deployed": sorted(

@@ -46,7 +46,7 @@ CONTROL = (
 
 
 class DeploymentFaultRule(BaseModel):
-    """A deployment that goes wrong, by creation order (1-based; empty = all)."""
+    """A deployment that goes wrong, by creation attempt (1-based; empty = all)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -94,7 +94,8 @@ class SandboxDeployment:
 @dataclass
 class AzureState:
     deployments: dict[str, SandboxDeployment] = field(default_factory=dict)
-    created: int = 0  # deployments created (PUTs of a new name, or of a failed one)
+    attempts: int = 0  # PUTs that tried to create (a new name, or over a failed one)
+    created: int = 0  # deployments created (attempts not refused)
     puts: int = 0
     deletes: int = 0
     training_types: list[str] = field(default_factory=list)  # of every job create
@@ -150,7 +151,8 @@ def routes(state: SandboxState) -> list[Route]:
         existing = azure.deployments.get(name)
         if existing is not None and existing.state != "Failed" and existing.model == model:
             return JSONResponse(existing.as_json(request.url.path))  # idempotent update
-        number = azure.created + 1
+        azure.attempts += 1
+        number = azure.attempts  # what fault rules' `at` counts: creations tried
         fault = fault_of(number)
         if fault is not None and fault.fault == "quota":
             return _error(
@@ -160,7 +162,7 @@ def routes(state: SandboxState) -> list[Route]:
                 "Tokens Per Minute (thousands), which is bigger than the current available "
                 "capacity 0.",
             )
-        azure.created = number
+        azure.created += 1
         deployment = SandboxDeployment(name, model, sku, number=number)
         azure.deployments[name] = deployment
         deployment.task = asyncio.get_running_loop().create_task(
