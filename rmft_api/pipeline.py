@@ -15,8 +15,8 @@ import datetime as dt
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from rmft_api.config import (

@@ -108,9 +108,9 @@ def hosted_problems(cfg: Config, policy: str) -> list[str]:
                 f"{azure.management_token_env} is not set (an Entra token for "
                 "https://management.azure.com, to deploy each fine-tuned model)"
             )
-    if isinstance(cfg.trainer, TogetherTrainerConfig):
-        if not os.environ.get(cfg.trainer.api_key_env, "").strip():
-            problems.append(f"{cfg.trainer.api_key_env} is not set (the Together API key)")
+    trainer = cfg.trainer
+    if isinstance(trainer, TogetherTrainerConfig) and not os.environ.get(trainer.api_key_env):
+        problems.append(f"{trainer.api_key_env} is not set (the Together API key)")
     return problems
 
 

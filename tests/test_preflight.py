@@ -84,7 +84,9 @@ def test_the_same_run_passes_the_preflight_when_it_ends_before_the_shutdown(
     [check] = report.checks  # policy and trainer share the server and the model
     assert check.shutdown_date == dt.date(2027, 1, 14) and check.listed_as == "gpt-4o-mini"
     # A resumed run with one iteration left needs the model one day less.
-    later = run_preflight(cfg, policy=cfg.policy.spec, iterations_left=1, today=dt.date(2027, 1, 11))
+    later = run_preflight(
+        cfg, policy=cfg.policy.spec, iterations_left=1, today=dt.date(2027, 1, 11)
+    )
     assert later.ok and later.needed_until == dt.date(2027, 1, 13)
 
 

@@ -107,7 +107,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 def setup(state: SandboxState) -> AzureState:
     azure = AzureState()
-    for number, (name, model) in enumerate(state.settings.azure.deployments.items(), start=1):
+    for name, model in state.settings.azure.deployments.items():
         azure.deployments[name] = SandboxDeployment(
             name, model, {"name": "standard", "capacity": 1}, number=0, state="Succeeded"
         )

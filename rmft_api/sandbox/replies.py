@@ -117,9 +117,7 @@ def fault_reply(rule: FaultRule, *, model: str, api_key: str) -> Response:
             "Fine-tuning is no longer available to this organization: new fine-tuning jobs "
             "cannot be created."
         )
-        return error_reply(
-            403, msg, type_="invalid_request_error", code="training_not_available"
-        )
+        return error_reply(403, msg, type_="invalid_request_error", code="training_not_available")
     if fault == "model_not_found":
         msg = f"The model `{model}` does not exist or you do not have access to it."
         return error_reply(404, msg, type_="invalid_request_error", code="model_not_found")

@@ -91,9 +91,7 @@ class DeploymentFile:
     def save(self, record: DeploymentRecord) -> None:
         registry = self.load()
         kept = [d for d in registry.deployments if d.name != record.name]
-        write_json_atomic(
-            self.path, registry.model_copy(update={"deployments": [*kept, record]})
-        )
+        write_json_atomic(self.path, registry.model_copy(update={"deployments": [*kept, record]}))
 
 
 class ControlPlane:
@@ -109,7 +107,9 @@ class ControlPlane:
         rng: np.random.Generator | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        missing = [k for k in ("subscription_id", "resource_group", "account") if not getattr(azure, k)]
+        missing = [
+            k for k in ("subscription_id", "resource_group", "account") if not getattr(azure, k)
+        ]
         if missing:
             raise ConfigError(
                 f"azure.{', azure.'.join(missing)} not set: the deployment step needs the "

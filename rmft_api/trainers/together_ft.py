@@ -224,7 +224,9 @@ class TogetherFineTuner:
 
         def find() -> str | None:
             listed = self._read(self.client.files.list)
-            hit = [f for f in listed.data if f.filename == upload.filename and f.bytes == upload.bytes]
+            hit = [
+                f for f in listed.data if f.filename == upload.filename and f.bytes == upload.bytes
+            ]
             return str(hit[-1].id) if hit else None
 
         def create() -> str:
@@ -337,7 +339,9 @@ class TogetherFineTuner:
 
     def _events(self, job_id: str) -> list[Any]:
         try:
-            return list(self._read(functools.partial(self.client.fine_tuning.list_events, job_id)).data)
+            return list(
+                self._read(functools.partial(self.client.fine_tuning.list_events, job_id)).data
+            )
         except (TrainingError, TransientProviderError) as e:
             log.info("no events for %s: %s", job_id, e)
             return []
@@ -350,7 +354,9 @@ class TogetherFineTuner:
             return []
         return [str(c.path) for c in sorted(page.data, key=lambda c: c.step)]
 
-    def classify(self, e: together.TogetherError, what: str, *, creating: bool = False) -> RmftError:
+    def classify(
+        self, e: together.TogetherError, what: str, *, creating: bool = False
+    ) -> RmftError:
         where = self.config.base_url
         if isinstance(e, together.APIStatusError):
             status = e.status_code
@@ -408,7 +414,9 @@ class TogetherFineTuner:
             return roots[model]
         return self.config.model or model
 
-    def _ref(self, job: Any, base_policy: str, iteration: int, train_file: Path, sha: str) -> JobRef:
+    def _ref(
+        self, job: Any, base_policy: str, iteration: int, train_file: Path, sha: str
+    ) -> JobRef:
         created = job.created_at.timestamp() if job.created_at is not None else None
         return JobRef(
             backend="together",
