@@ -224,6 +224,14 @@ def sandbox(
             help="MODEL=YYYY-MM-DD: report this shutdown_date for MODEL on /v1/models.",
         ),
     ] = None,
+    azure_deployment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--azure-deployment",
+            help="NAME=MODEL: an Azure deployment that exists from the start (e.g. the base "
+            "model's, gpt-4o-mini=gpt-4o-mini-2024-07-18).",
+        ),
+    ] = None,
 ) -> None:
     """Serve an OpenAI-compatible test server on loopback (rate limits, injected faults)."""
     from rmft_api.errors import ConfigError
@@ -239,7 +247,14 @@ def sandbox(
         if not sep or not dated or not day:
             raise ConfigError(f"--shutdown-date {item!r}: expected MODEL=YYYY-MM-DD")
         dates[dated] = day
+    deployed = {}
+    for item in azure_deployment or []:
+        name, sep, deployed_model = item.partition("=")
+        if not sep or not name or not deployed_model:
+            raise ConfigError(f"--azure-deployment {item!r}: expected NAME=MODEL")
+        deployed[name] = deployed_model
     settings = SandboxSettings(
+        azure={"deployments": deployed},
         shutdown_dates=dates,
         host=host,
         port=port,
