@@ -221,10 +221,10 @@ class PolicyConfig(Section):
     base_urls: list[str] = Field(
         default_factory=list, description="openai: several replicas, requests spread over them."
     )
-    api_key_env: str = Field(
-        default="OPENAI_API_KEY",
+    api_key_env: str | None = Field(
+        default=None,
         description="openai: environment variable holding the key (e.g. TOGETHER_API_KEY for "
-        "Together's endpoint); azure/<deployment> reads [azure].",
+        "Together's endpoint); None = OPENAI_API_KEY. azure/<deployment> reads [azure].",
     )
     concurrency: int = Field(default=64, ge=1, description="openai: requests in flight at most.")
     rpm: int | None = Field(default=None, ge=1, description="openai: requests per minute cap.")
@@ -548,8 +548,9 @@ class AzureConfig(Section):
         "from ad_token_env (e.g. `az account get-access-token --resource "
         "https://cognitiveservices.azure.com`).",
     )
-    api_key_env: str = Field(
-        default="AZURE_OPENAI_API_KEY", description="Environment variable holding the key."
+    api_key_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the key; None = AZURE_OPENAI_API_KEY.",
     )
     ad_token_env: str = Field(
         default="AZURE_OPENAI_AD_TOKEN", description="Environment variable holding the token."
@@ -565,6 +566,14 @@ class AzureConfig(Section):
     management_api_version: str = Field(
         default="2024-10-01", description="Control-plane `api-version` of deployments."
     )
+
+    @property
+    def credential_env(self) -> str:
+        """The environment variable the data-plane credential is read from."""
+        if self.auth == "entra":
+            return self.ad_token_env
+        return self.api_key_env or "AZURE_OPENAI_API_KEY"
+
     management_token_env: str = Field(
         default="AZURE_MANAGEMENT_TOKEN",
         description="Environment variable holding an Entra token for the control plane "

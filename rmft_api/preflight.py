@@ -96,7 +96,7 @@ def hosted_problems(cfg: Config, policy: str) -> list[str]:
     if uses_azure:
         if not azure.endpoint:
             problems.append("azure.endpoint is not set (https://<resource>.openai.azure.com)")
-        env = azure.api_key_env if azure.auth == "api_key" else azure.ad_token_env
+        env = azure.credential_env
         if not os.environ.get(env, "").strip():
             problems.append(f"{env} is not set (azure.auth = {azure.auth!r})")
     if isinstance(cfg.trainer, AzureTrainerConfig):

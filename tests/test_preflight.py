@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rmft_api.config import config_from_dict
-from rmft_api.errors import TrainingUnavailableError
+from rmft_api.errors import ConfigError, TrainingUnavailableError
 from rmft_api.pipeline import Pipeline
 from rmft_api.preflight import doctor, parse_shutdown, root_base, run_preflight
 from rmft_api.providers.registry import resolve
@@ -166,3 +166,32 @@ def test_training_not_available_ends_the_run_at_the_first_refusal_with_nothing_l
     assert (state.status, state.phase) == ("failed", "train")
     assert len(read_jsonl(run.iteration(0).episodes, Episode)) == 12  # kept
     assert run.iteration(0).train.is_file()
+
+
+def test_hosted_runs_missing_their_settings_are_named_before_they_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rmft_api.config import load_config
+    from rmft_api.preflight import check_preflight
+    from tests.test_bootstrap import ROOT
+
+    for name in ("AZURE_OPENAI_API_KEY", "AZURE_MANAGEMENT_TOKEN", "TOGETHER_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    azure = load_config(ROOT / "configs" / "azure.toml", overrides=["azure.account=''"])
+    report = doctor(azure, today=dt.date(2026, 12, 2), list_models=lambda url: {})
+    assert not report.ok and report.checks == []  # nothing hosted by OpenAI to date-check
+    assert any("AZURE_OPENAI_API_KEY is not set" in p for p in report.problems)
+    assert any("AZURE_MANAGEMENT_TOKEN is not set" in p for p in report.problems)
+    assert any("azure.account is not set" in p for p in report.problems)
+    together_cfg = load_config(ROOT / "configs" / "together.toml")
+    with pytest.raises(ConfigError, match="TOGETHER_API_KEY is not set"):
+        check_preflight(
+            together_cfg,
+            policy=together_cfg.policy.spec,
+            iterations_left=3,
+            today=dt.date(2026, 12, 2),
+            list_models=lambda url: {},
+        )
+    monkeypatch.setenv("TOGETHER_API_KEY", "tgp_v1_x")
+    ready = doctor(together_cfg, today=dt.date(2026, 12, 2), list_models=lambda url: {})
+    assert ready.ok and ready.problems == []

@@ -34,7 +34,7 @@ def azure_endpoint(azure: AzureConfig) -> str:
 
 def azure_credential(azure: AzureConfig) -> dict[str, str]:
     """`{"api_key": ...}` or `{"azure_ad_token": ...}` for the SDK's Azure client."""
-    env = azure.api_key_env if azure.auth == "api_key" else azure.ad_token_env
+    env = azure.credential_env
     value = os.environ.get(env, "").strip()
     if not value:
         how = (

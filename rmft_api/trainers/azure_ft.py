@@ -99,7 +99,7 @@ class AzureFineTuner(OpenAIFineTuner):
         self.azure = azure
         self.api = AzureFineTuneAPI(
             azure=azure,
-            api_key_env=azure.api_key_env,
+            api_key_env=azure.credential_env,
             timeout_s=config.timeout_s,
             policy=RetryPolicy(max_attempts=config.max_retries + 1),
             rng=self.api.rng,
