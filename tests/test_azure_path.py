@@ -328,3 +328,59 @@ def test_missing_azure_settings_are_refused_before_anything_is_paid(
     with pytest.raises(ConfigError, match="AZURE_MANAGEMENT_TOKEN is not set"):
         Pipeline(cfg, run).run_to_end()
     assert server.state.completions == 0
+
+
+def test_entra_tokens_and_the_data_planes_refusals(
+    sandbox: Callable[..., SandboxServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import httpx2
+
+    from rmft_api.config import AzureConfig, config_from_dict
+    from rmft_api.envs.preview import preview_prompt
+    from rmft_api.providers.base import SamplingParams
+
+    server = sandbox()
+    monkeypatch.setenv("AZURE_OPENAI_AD_TOKEN", "entra-token-for-the-sandbox")
+    azure = AzureConfig(endpoint=server.root_url, auth="entra")
+    provider = resolve("azure/gpt-4o-mini", azure=azure)
+    chat = preview_prompt(config_from_dict({"env": {"preset": "easy"}})).messages
+    [reply] = asyncio.run(provider.generate([chat], SamplingParams(max_tokens=16)))
+    assert reply.error is None and reply.text
+    assert server.state.requests["/openai/deployments/gpt-4o-mini/chat/completions"] == 1
+    url = f"{server.root_url}/openai/deployments/gpt-4o-mini/chat/completions"
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    assert httpx2.post(url, json=body, headers={"api-key": KEY}).status_code == 404  # no version
+    versioned = f"{url}?api-version=2025-04-01-preview"
+    assert httpx2.post(versioned, json=body).status_code == 401  # no credential
+    missing = versioned.replace("gpt-4o-mini", "not-deployed")
+    assert httpx2.post(missing, json=body, headers={"api-key": KEY}).status_code == 404
+    monkeypatch.delenv("AZURE_OPENAI_AD_TOKEN")
+    with pytest.raises(ConfigError, match="AZURE_OPENAI_AD_TOKEN is not set"):
+        resolve("azure/gpt-4o-mini", azure=azure)
+
+
+def test_cancelling_an_azure_job(tmp_path: Path, sandbox: Callable[..., SandboxServer]) -> None:
+    from rmft_api.config import AzureConfig, AzureTrainerConfig
+    from rmft_api.trainers.azure_ft import AzureFineTuner
+
+    server = sandbox()
+    azure = AzureConfig(
+        endpoint=server.root_url,
+        subscription_id="s",
+        resource_group="g",
+        account="a",
+        management_url=server.root_url,
+    )
+    trainer = AzureFineTuner(
+        AzureTrainerConfig(model=BASE), azure=azure, run_id="run-c", state_dir=tmp_path
+    )
+    train = tmp_path / "train.jsonl"
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    train.write_text((json.dumps(row) + "\n") * 10)
+    ref = trainer.submit(train, base_policy="azure/gpt-4o-mini", iteration=0, out_dir=tmp_path)
+    assert ref.backend == "azure"
+    assert trainer.cancel(ref).status == "cancelled"
+    assert [j.status for j in server_jobs(server)] == ["cancelled"]
+    trainer.close()

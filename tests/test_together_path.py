@@ -217,3 +217,29 @@ def test_refusals_end_the_run_with_the_message_and_nothing_lost(
     assert (state.status, state.phase) == ("failed", "train")
     assert len(read_jsonl(run.iteration(0).episodes, Episode)) == 12
     assert server_jobs(server) == []
+
+
+def test_cancel_stops_the_job_and_a_new_submit_is_a_new_attempt(
+    tmp_path: Path, start_sandbox: Callable[..., SandboxServer]
+) -> None:
+    from rmft_api.config import TogetherTrainerConfig
+    from rmft_api.trainers.together_ft import TogetherFineTuner
+
+    server = start_sandbox(
+        resolve("agent/thompson", seed=0),
+        fine_tuning={**FAST, "steps": 50, "step_s": 0.1},
+    )
+    train = tmp_path / "train.jsonl"
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    train.write_text(json.dumps(row) + "\n")
+    config = TogetherTrainerConfig(base_url=f"{server.root_url}/together")
+    trainer = TogetherFineTuner(config, run_id="run-cancel", state_dir=tmp_path / "state")
+    ref = trainer.submit(train, base_policy=f"openai/{BASE}", iteration=0, out_dir=tmp_path)
+    again = trainer.submit(train, base_policy=f"openai/{BASE}", iteration=0, out_dir=tmp_path)
+    assert again.job_id == ref.job_id  # re-attached, not created twice
+    cancelled = trainer.cancel(ref)
+    assert cancelled.status == "cancelled" and trainer.poll(cancelled).status == "cancelled"
+    retried = trainer.submit(train, base_policy=f"openai/{BASE}", iteration=0, out_dir=tmp_path)
+    assert retried.job_id != ref.job_id and retried.metadata["suffix"] != ref.metadata["suffix"]
+    assert len(server_jobs(server)) == 2
+    trainer.close()
