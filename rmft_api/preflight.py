@@ -250,7 +250,8 @@ def _sdk_lister(cfg: Config) -> ModelLister:
         client = openai.OpenAI(api_key=key, base_url=url, max_retries=2, timeout=30.0)
         try:
             return {m.id: m.shutdown_date for m in client.models.list()}
-        except openai.OpenAIError as e:
+        except (openai.OpenAIError, ValueError, TypeError, AttributeError) as e:
+            # A list in another shape (Together's is a bare array) fails in the SDK's parser.
             text = str(e).replace(key, "***") if len(key) >= 4 else str(e)
             raise ProviderError(f"{type(e).__name__}: {text}"[:300]) from e
         finally:

@@ -243,3 +243,18 @@ def test_cancel_stops_the_job_and_a_new_submit_is_a_new_attempt(
     assert retried.job_id != ref.job_id and retried.metadata["suffix"] != ref.metadata["suffix"]
     assert len(server_jobs(server)) == 2
     trainer.close()
+
+
+def test_the_preflight_notes_togethers_model_list_instead_of_failing(
+    tmp_path: Path, sandbox: Callable[..., SandboxServer]
+) -> None:
+    import datetime as dt
+
+    from rmft_api.preflight import doctor
+
+    server = sandbox()
+    cfg, _ = open_run(write_config(tmp_path, server))
+    report = doctor(cfg, today=dt.date(2026, 12, 2))
+    assert report.ok and report.checks == []
+    assert "could not read the model list" in report.notes[0]
+    assert server.state.requests["/together/v1/models"] >= 1

@@ -356,9 +356,20 @@ def routes(state: SandboxState) -> list[Route]:
         ]
         return JSONResponse({"data": data})
 
+    async def models(request: Request) -> Response:
+        # Together lists models as a bare array (not OpenAI's {"object": "list", "data": ...}).
+        names = state.listed_models()
+        listed = [
+            {"id": m, "object": "model", "created": 0, "type": "chat", "display_name": m}
+            for m in names
+        ]
+        return JSONResponse(listed)
+
     v1 = f"{PREFIX}/v1"
+    chat_route = [r for r in chat.routes(state, prefix=v1) if r.path.endswith("/completions")]
     return [
-        *chat.routes(state, prefix=v1),
+        *chat_route,
+        Route(f"{v1}/models", models, methods=["GET"]),
         Route(f"{v1}/files", upload_url, methods=["POST"]),
         Route(f"{v1}/files", list_files, methods=["GET"]),
         Route(f"{v1}/files/{{file_id}}", retrieve_file, methods=["GET"]),
