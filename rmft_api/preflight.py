@@ -127,8 +127,9 @@ def needed_models(cfg: Config, policy: str) -> dict[str, list[str]]:
 
     backend, _, model = policy.partition("/")
     if backend == "openai":
-        for url in [cfg.policy.base_url, *cfg.policy.base_urls][:1] or [None]:
-            need(url, model)
+        # Replicas serve the same models: the first one answers for all (as registry.py orders).
+        urls = [u for u in (cfg.policy.base_url, *cfg.policy.base_urls) if u]
+        need(urls[0] if urls else None, model)
     trainer = cfg.trainer
     if isinstance(trainer, OpenAITrainerConfig) and not isinstance(trainer, AzureTrainerConfig):
         url = trainer.base_url or cfg.policy.base_url

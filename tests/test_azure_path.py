@@ -384,3 +384,20 @@ def test_cancelling_an_azure_job(tmp_path: Path, sandbox: Callable[..., SandboxS
     assert trainer.cancel(ref).status == "cancelled"
     assert [j.status for j in server_jobs(server)] == ["cancelled"]
     trainer.close()
+
+
+def test_a_deployment_that_does_not_come_up_in_time_ends_the_run_and_is_kept(
+    tmp_path: Path, sandbox: Callable[..., SandboxServer]
+) -> None:
+    server = sandbox(deploy_s=30)
+    config = write_config(tmp_path, server)
+    config.write_text(
+        config.read_text().replace("timeout_s = 30", "timeout_s = 30\ndeployment_timeout_s = 0.5")
+    )
+    cfg, run = open_run(config)
+    with pytest.raises(TrainingError, match=r"still Creating after 0\.5s"):
+        Pipeline(cfg, run, poll_interval_s=0.05).run_to_end()
+    azure = server.state.azure
+    assert azure is not None and azure.created == 1  # recorded and kept, not duplicated
+    registry = read_json(run.root / "azure" / "deployments.json", DeploymentRegistry)
+    assert [d.state for d in registry.deployments] == ["Creating"]

@@ -195,3 +195,20 @@ def test_hosted_runs_missing_their_settings_are_named_before_they_start(
     monkeypatch.setenv("TOGETHER_API_KEY", "tgp_v1_x")
     ready = doctor(together_cfg, today=dt.date(2026, 12, 2), list_models=lambda url: {})
     assert ready.ok and ready.problems == []
+
+
+def test_replicas_are_checked_on_the_first_one() -> None:
+    seen: list[str] = []
+
+    def lister(url: str) -> dict[str, str | None]:
+        seen.append(url)
+        return {"gpt-4o-mini": None}
+
+    cfg = config_from_dict(
+        {
+            "policy": {"base_urls": ["http://127.0.0.1:9001/v1", "http://127.0.0.1:9002/v1"]},
+            "trainer": {"kind": "lora"},
+        }
+    )
+    report = doctor(cfg, today=dt.date(2026, 12, 2), list_models=lister)
+    assert report.ok and seen == ["http://127.0.0.1:9001/v1"]

@@ -108,6 +108,7 @@ class AzureFineTuner(OpenAIFineTuner):
         )
         self.deployments = DeploymentFile(state_dir, run_id=run_id)
         self._control: ControlPlane | None = None
+        self._waiting_since: dict[str, float] = {}  # deployment → when this process began
 
     @classmethod
     def for_run(cls, cfg: Config, *, run_id: str, state_dir: Path) -> AzureFineTuner:
@@ -210,7 +211,9 @@ class AzureFineTuner(OpenAIFineTuner):
                 "model is kept: resume the run to deploy it again (same name, no duplicate), or "
                 "check the account's region and SKU (trainer.deployment_sku)"
             )
-        if state != SUCCEEDED and time.time() - record.requested_at > c.deployment_timeout_s:
+        # Measured in this process: a resumed run waits its full time again.
+        since = self._waiting_since.setdefault(name, time.monotonic())
+        if state != SUCCEEDED and time.monotonic() - since > c.deployment_timeout_s:
             raise TrainingError(
                 f"deployment {name} still {state} after {c.deployment_timeout_s:g}s; resume to "
                 "keep waiting (it is not created again)"
