@@ -16,6 +16,7 @@ from rmft_api.errors import RmftError
 
 if TYPE_CHECKING:
     from rmft_api.baselines import AgentSummary, BaselinesReport
+    from rmft_api.preflight import PreflightReport
     from rmft_api.rollout_progress import RolloutProgress
     from rmft_api.rollout_report import RolloutReport
     from rmft_api.store import RunPaths
@@ -229,6 +230,21 @@ def sandbox(
             "while fine-tuning jobs train the --backing model.",
         ),
     ] = None,
+    shutdown_date: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shutdown-date",
+            help="MODEL=YYYY-MM-DD: report this shutdown_date for MODEL on /v1/models.",
+        ),
+    ] = None,
+    azure_deployment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--azure-deployment",
+            help="NAME=MODEL: an Azure deployment that exists from the start (e.g. the base "
+            "model's, gpt-4o-mini=gpt-4o-mini-2024-07-18).",
+        ),
+    ] = None,
 ) -> None:
     """Serve an OpenAI-compatible test server on loopback (rate limits, injected faults)."""
     from rmft_api.errors import ConfigError
@@ -238,7 +254,21 @@ def sandbox(
     from rmft_api.sandbox.state import SandboxSettings, check_loopback
 
     check_loopback(host)
+    dates = {}
+    for item in shutdown_date or []:
+        dated, sep, day = item.partition("=")
+        if not sep or not dated or not day:
+            raise ConfigError(f"--shutdown-date {item!r}: expected MODEL=YYYY-MM-DD")
+        dates[dated] = day
+    deployed = {}
+    for item in azure_deployment or []:
+        name, sep, deployed_model = item.partition("=")
+        if not sep or not name or not deployed_model:
+            raise ConfigError(f"--azure-deployment {item!r}: expected NAME=MODEL")
+        deployed[name] = deployed_model
     settings = SandboxSettings(
+        azure={"deployments": deployed},
+        shutdown_dates=dates,
         host=host,
         port=port,
         latency_ms=latency_ms,
@@ -495,6 +525,61 @@ def run(
 
 
 @app.command()
+def doctor(
+    config: Annotated[Path, typer.Argument(help="TOML config of the run.", dir_okay=False)],
+    set_: SetOpt = None,
+    today: Annotated[
+        str | None,
+        typer.Option("--today", help="Check as of this date (YYYY-MM-DD); default: today."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The preflight alone: will every model the run needs outlive it? (free; nothing is paid)"""
+    import datetime as dt
+
+    from rmft_api.config import load_config
+    from rmft_api.errors import ConfigError, TrainingUnavailableError
+    from rmft_api.preflight import doctor as run_doctor
+
+    try:
+        day = dt.date.fromisoformat(today) if today else dt.date.today()
+    except ValueError as e:
+        raise ConfigError(f"--today {today!r}: expected YYYY-MM-DD") from e
+    report = run_doctor(load_config(config, overrides=list(set_ or [])), today=day)
+    _render_preflight(report)
+    if json_out:
+        typer.echo(report.model_dump_json())
+    if report.problems:
+        raise ConfigError(report.refusal())
+    if not report.ok:
+        raise TrainingUnavailableError(report.refusal())
+
+
+def _render_preflight(report: PreflightReport) -> None:
+    from rich.table import Table
+
+    from rmft_api.console import table_console
+    from rmft_api.preflight import REPORTED_OPENAI_DATES
+
+    console = table_console()
+    t = Table(title=f"preflight as of {report.today}: models needed until {report.needed_until}")
+    for col in ("model", "server", "shutdown_date", "verdict"):
+        t.add_column(col)
+    for c in report.checks:
+        verdict = "[green]ok[/green]" if c.ok else "[red]shuts down too soon[/red]"
+        t.add_row(c.model, c.base_url, str(c.shutdown_date or "— (none announced)"), verdict)
+    console.print(t)
+    for note in report.notes:
+        console.print(f"  note: {note}")
+    for problem in report.problems:
+        console.print(f"  [red]problem[/red]: {problem}")
+    if any(c.base_url.endswith("api.openai.com/v1") for c in report.checks):
+        for day, what in REPORTED_OPENAI_DATES.items():
+            console.print(f"  reported (unverified): {day}: {what}")
+    console.print("[green]OK[/green]" if report.ok else "[red]REFUSED[/red]")
+
+
+@app.command()
 def status(
     run_dir: LatestRunArg = None,
     json_out: JsonOpt = False,
@@ -526,6 +611,44 @@ def cancel(
         typer.echo(f"{paths.root}: no fine-tuning job to cancel; run marked stopped")
     else:
         typer.echo(f"{paths.root}: job {ref.job_id} is {ref.status}; run marked stopped")
+
+
+@app.command()
+def deployments(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.", file_okay=False)],
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Delete them on Azure (all, or those --name'd).")
+    ] = False,
+    names: Annotated[
+        list[str] | None, typer.Option("--name", help="Only this deployment (repeatable).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The run's Azure deployments and what they cost while idle; --delete removes them."""
+    import json
+
+    from rmft_api.run_state import load_config_of
+    from rmft_api.store import RunPaths
+    from rmft_api.trainers.azure_deploy import DeploymentFile, delete_deployments
+
+    paths = RunPaths(run_dir)
+    state_dir = paths.root / "azure"
+    if delete:
+        cfg = load_config_of(paths)
+        for record in delete_deployments(
+            state_dir, cfg.azure, run_id=paths.run_id, names=list(names or []) or None
+        ):
+            typer.echo(f"deleted {record.name} ({record.model})")
+    records = DeploymentFile(state_dir, run_id=paths.run_id).load().deployments
+    if not records:
+        typer.echo(f"{paths.root}: no Azure deployments")
+    for r in records:
+        cost = "" if r.deleted_at else f", about ${r.hosting_usd_per_hour:.2f}/hour while it exists"
+        typer.echo(f"{r.name}: {r.state} (iteration {r.iteration}, {r.model}){cost}")
+    if any(r.deleted_at is None for r in records):
+        typer.echo("  hourly costs are reported figures, unverified; check your price sheet")
+    if json_out:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in records]))
 
 
 @app.command()

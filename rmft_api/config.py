@@ -235,6 +235,11 @@ class PolicyConfig(Section):
     base_urls: list[str] = Field(
         default_factory=list, description="openai: several replicas, requests spread over them."
     )
+    api_key_env: str | None = Field(
+        default=None,
+        description="openai: environment variable holding the key (e.g. TOGETHER_API_KEY for "
+        "Together's endpoint); None = OPENAI_API_KEY. azure/<deployment> reads [azure].",
+    )
     concurrency: int = Field(default=64, ge=1, description="openai: requests in flight at most.")
     rpm: int | None = Field(default=None, ge=1, description="openai: requests per minute cap.")
     tpm: int | None = Field(default=None, ge=1, description="openai: tokens per minute cap.")
@@ -431,7 +436,195 @@ class LoraTrainerConfig(Section):
     )
 
 
-TrainerConfig = Annotated[OpenAITrainerConfig | LoraTrainerConfig, Field(discriminator="kind")]
+class AzureTrainerConfig(OpenAITrainerConfig):
+    """Fine-tuning on Azure OpenAI (trainers/azure_ft.py) with the `openai` SDK's Azure client,
+    then a deployment of each fine-tuned model through Azure's control plane, so it can serve
+    the next iteration (policy `azure/<deployment>`). Connection and control-plane settings are
+    in `[azure]`; the job fields are the OpenAI trainer's.
+    """
+
+    kind: Literal["azure"] = "azure"  # type: ignore[assignment]
+    model: str | None = Field(
+        default=None,
+        description="Azure base model fine-tuned from the first policy (e.g. "
+        "gpt-4o-mini-2024-07-18); later iterations continue the previous fine-tuned model "
+        "(init_from = previous). Required.",
+    )
+    api_key_env: str = Field(
+        default="AZURE_OPENAI_API_KEY",
+        description="Unused for Azure: the key or Entra token is read as `[azure]` says.",
+    )
+    training_type: Literal["standard", "globalstandard", "developer"] = Field(
+        default="standard",
+        description="The job's `trainingType` (Azure: regional standard, global, or the "
+        "cheaper developer tier; reported, check your region).",
+    )
+    deployment_sku: str = Field(
+        default="standard",
+        description="SKU of each fine-tuned model's deployment (standard, globalstandard, "
+        "developertier).",
+    )
+    deployment_capacity: int = Field(
+        default=1, ge=1, description="Deployment capacity (units of 1,000 tokens per minute)."
+    )
+    deployment_timeout_s: float = Field(
+        default=3600.0, gt=0, description="Longest wait for a deployment to succeed."
+    )
+    delete_superseded: bool = Field(
+        default=False,
+        description="Delete an iteration's deployment once the next iteration's model is "
+        "deployed (it is no longer played); otherwise `rmft-api deployments RUN --delete`.",
+    )
+    hosting_usd_per_hour: float = Field(
+        default=1.70,
+        ge=0,
+        description="Hourly cost of one idle fine-tuned deployment, shown when one is created "
+        "(reported for gpt-4o-mini standard, unverified; check your price sheet).",
+    )
+
+    @model_validator(mode="after")
+    def _azure_model(self) -> Self:
+        if self.model is None:
+            raise ValueError(
+                "trainer.kind = 'azure' needs trainer.model, the Azure base model to fine-tune "
+                "(e.g. gpt-4o-mini-2024-07-18)"
+            )
+        if self.base_url is not None:
+            raise ValueError("set the Azure endpoint as azure.endpoint, not trainer.base_url")
+        return self
+
+
+class TogetherTrainerConfig(Section):
+    """Fine-tuning on Together AI (trainers/together_ft.py) with the `together` SDK: LoRA (or
+    full) SFT on OpenAI-style chat JSONL; each result is served by Together's OpenAI-compatible
+    chat endpoint as the next policy `openai/<output model>` (set policy.base_url to it).
+    """
+
+    kind: Literal["together"] = "together"
+    model: str | None = Field(
+        default=None,
+        description="Together base model to fine-tune; None = the first policy's own model "
+        "(openai/<model> served by Together).",
+    )
+    init_from: Literal["previous", "base"] = Field(
+        default="previous",
+        description="previous: continue the last job's model (from_checkpoint); base: train the "
+        "base model every iteration.",
+    )
+    accumulate: bool = Field(
+        default=False, description="Train on all iterations' selected data so far."
+    )
+    n_epochs: int = Field(default=1, ge=1, le=100, description="Epochs over the file.")
+    batch_size: int | Literal["max"] = Field(
+        default="max", description="Examples per step; max = the model's largest."
+    )
+    learning_rate: float = Field(default=1e-5, gt=0, description="Peak learning rate.")
+    lora: bool = Field(default=True, description="LoRA adapters (false = full fine-tuning).")
+    lora_r: int | None = Field(default=None, ge=1, description="LoRA rank; None = model default.")
+    lora_alpha: int | None = Field(default=None, ge=1, description="LoRA α; None = 2 × rank.")
+    suffix: str = Field(
+        default="rmft",
+        max_length=16,
+        pattern=r"^[A-Za-z0-9-]*$",
+        description="Start of the job suffix; the rest tags run, iteration and attempt (the "
+        "lookup that prevents a duplicate job after a crash).",
+    )
+    base_url: str = Field(
+        default="https://api.together.ai",
+        description="Together API root (the SDK adds /v1/...); the chat endpoint is <root>/v1.",
+    )
+    api_key_env: str = Field(
+        default="TOGETHER_API_KEY", description="Environment variable holding the API key."
+    )
+    seed: int = Field(default=0, ge=0, description="random_seed of the job, mixed with iteration.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(default=6, ge=0, description="Retries of a transient read.")
+    create_attempts: int = Field(
+        default=3, ge=1, description="Tries of a job create, each after a lookup found nothing."
+    )
+    poll_interval_s: float = Field(default=10.0, gt=0, description="First wait between polls.")
+    max_poll_interval_s: float = Field(
+        default=120.0, gt=0, description="Cap of the backoff between polls."
+    )
+
+
+class AzureConfig(Section):
+    """The Azure OpenAI resource behind `azure/<deployment>` policies and the `azure` trainer.
+
+    Data plane: `<endpoint>/openai/...?api-version=...` with the `api-key` header, or an Entra
+    ID bearer token. Control plane (deployments): `<management_url>/subscriptions/...` with an
+    Entra token for management.azure.com. Secrets come from the environment only.
+    """
+
+    endpoint: str | None = Field(
+        default=None, description="https://<resource>.openai.azure.com (the data plane)."
+    )
+    api_version: str = Field(
+        default="2025-04-01-preview", description="Data-plane `api-version` query parameter."
+    )
+    auth: Literal["api_key", "entra"] = Field(
+        default="api_key",
+        description="api_key: the `api-key` header from api_key_env; entra: a bearer token "
+        "from ad_token_env (e.g. `az account get-access-token --resource "
+        "https://cognitiveservices.azure.com`).",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the key; None = AZURE_OPENAI_API_KEY.",
+    )
+    ad_token_env: str = Field(
+        default="AZURE_OPENAI_AD_TOKEN", description="Environment variable holding the token."
+    )
+    subscription_id: str | None = Field(default=None, description="Control plane: subscription.")
+    resource_group: str | None = Field(default=None, description="Control plane: resource group.")
+    account: str | None = Field(
+        default=None, description="Control plane: the Azure OpenAI resource (account) name."
+    )
+    management_url: str = Field(
+        default="https://management.azure.com", description="Control-plane root."
+    )
+    management_api_version: str = Field(
+        default="2024-10-01", description="Control-plane `api-version` of deployments."
+    )
+
+    @property
+    def credential_env(self) -> str:
+        """The environment variable the data-plane credential is read from."""
+        if self.auth == "entra":
+            return self.ad_token_env
+        return self.api_key_env or "AZURE_OPENAI_API_KEY"
+
+    management_token_env: str = Field(
+        default="AZURE_MANAGEMENT_TOKEN",
+        description="Environment variable holding an Entra token for the control plane "
+        "(`az account get-access-token --resource https://management.azure.com`).",
+    )
+
+
+class PreflightConfig(Section):
+    """The check before a run spends anything (preflight.py; `rmft-api doctor CONFIG`)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Read the models' shutdown_date from the server's /v1/models and refuse a "
+        "run that would need a model past its shutdown.",
+    )
+    days_per_iteration: float = Field(
+        default=1.0,
+        ge=0,
+        description="Wall-clock days one iteration (rollouts, training job, evaluation) is "
+        "planned to take; every model is needed until today + this × remaining iterations "
+        "+ margin_days.",
+    )
+    margin_days: float = Field(
+        default=1.0, ge=0, description="Extra days for the final evaluation and the report."
+    )
+
+
+TrainerConfig = Annotated[
+    OpenAITrainerConfig | LoraTrainerConfig | AzureTrainerConfig | TogetherTrainerConfig,
+    Field(discriminator="kind"),
+]
 
 
 class ExportConfig(Section):
@@ -643,8 +836,10 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     trainer: TrainerConfig = Field(
         default_factory=OpenAITrainerConfig,
-        description='Fine-tuning backend: kind = "openai" | "lora".',
+        description='Fine-tuning backend: kind = "openai" | "azure" | "together" | "lora".',
     )
+    azure: AzureConfig = Field(default_factory=AzureConfig)
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig)
 
     @field_validator("eval")
     @classmethod

@@ -53,3 +53,8 @@ class StateError(RmftError):
 
 class BudgetError(RmftError):
     """The next paid step would exceed `budget.max_usd`."""
+
+
+class TrainingUnavailableError(TrainingError):
+    """The service will not train (403, `training_not_available`, a model past its shutdown):
+    final, never retried; the message names the alternatives."""

@@ -11,13 +11,21 @@ makes submit idempotent), a finished adapter is not retrained.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from rmft_api.config import Config, LoraTrainerConfig, OpenAITrainerConfig
+from rmft_api.config import (
+    AzureTrainerConfig,
+    Config,
+    LoraTrainerConfig,
+    OpenAITrainerConfig,
+    TogetherTrainerConfig,
+)
 from rmft_api.envs.scenarios import Scenario, build_scenarios
 from rmft_api.errors import BudgetError, RmftError, StateError, TrainingError
 from rmft_api.providers.base import Provider
@@ -82,6 +90,14 @@ def build_trainer(cfg: Config, run: RunPaths) -> Trainer:
         from rmft_api.trainers.lora import LocalLoraTrainer
 
         return LocalLoraTrainer(cfg.trainer)
+    if isinstance(cfg.trainer, AzureTrainerConfig):
+        from rmft_api.trainers.azure_ft import AzureFineTuner
+
+        return AzureFineTuner.for_run(cfg, run_id=run.run_id, state_dir=run.root / "azure")
+    if isinstance(cfg.trainer, TogetherTrainerConfig):
+        from rmft_api.trainers.together_ft import TogetherFineTuner
+
+        return TogetherFineTuner.for_run(cfg, run_id=run.run_id, state_dir=run.root / "together")
     from rmft_api.trainers.openai_ft import OpenAIFineTuner
 
     return OpenAIFineTuner.for_run(cfg, run_id=run.run_id, state_dir=run.root / "openai")
@@ -104,6 +120,7 @@ class Pipeline:
     # max_poll_interval_s (the backoff grows ×1.5 while nothing changes).
     poll_interval_s: float | None = None
     max_poll_interval_s: float | None = None
+    today: Callable[[], dt.date] = dt.date.today  # the preflight's clock (tests fix it)
     _providers: dict[str, Provider] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- driving
@@ -131,6 +148,8 @@ class Pipeline:
             state = state.model_copy(update={"status": "running", "message": None})
             save_state(self.run, state)
         try:
+            if state.phase != "done":
+                await asyncio.to_thread(self._preflight, state)
             while state.phase != "done":
                 before = state
                 state = await self._step(state)
@@ -180,6 +199,21 @@ class Pipeline:
                 }
             )
         raise StateError(f"state.json has an unknown phase {phase!r}")
+
+    def _preflight(self, state: RunState) -> None:
+        """Refuse, before anything is paid, a run that needs a model past its shutdown."""
+        if not self.cfg.preflight.enabled:
+            return
+        from rmft_api.preflight import check_preflight
+
+        report = check_preflight(
+            self.cfg,
+            policy=state.policy,
+            iterations_left=max(0, self.cfg.iterations.count - state.iteration),
+            today=self.today(),
+        )
+        for note in report.notes:
+            self.reporter.note(f"preflight: {note}")
 
     # ---------------------------------------------------------------- providers
 
@@ -361,16 +395,18 @@ class Pipeline:
     def _base_policy(self, state: RunState) -> str:
         """What the next job trains from: the current policy, or P_0 with init_from = base
         (the LoRA trainer reads init_from itself and takes the base from the policy spec)."""
-        if self.cfg.trainer.init_from == "base" and self.cfg.trainer.kind == "openai":
+        hosted = not isinstance(self.cfg.trainer, LoraTrainerConfig)
+        if self.cfg.trainer.init_from == "base" and hosted:
             return state.policies[0]
         return state.policy
 
     def _validate(self, state: RunState, paths: IterationPaths) -> None:
         from rmft_api.validation import validate_file
 
-        openai = self.cfg.trainer.kind == "openai"
+        # OpenAI and Azure share the fine-tuning API's rules (≥ 10 examples, its price table).
+        openai = isinstance(self.cfg.trainer, OpenAITrainerConfig)
         n_epochs: int | Literal["auto"] = "auto"
-        if isinstance(self.cfg.trainer, OpenAITrainerConfig):
+        if isinstance(self.cfg.trainer, OpenAITrainerConfig | TogetherTrainerConfig):
             n_epochs = self.cfg.trainer.n_epochs
         report = validate_file(
             paths.train,

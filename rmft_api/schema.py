@@ -146,7 +146,7 @@ class JobRef(Record):
     """A fine-tuning job of any backend; persisted (iter-NNN/job.json) before it is ever polled."""
 
     schema_version: int = SCHEMA_VERSION
-    backend: Literal["openai", "lora"]
+    backend: Literal["openai", "lora", "azure", "together"]
     job_id: str
     status: str = "queued"  # a JobStatus, or an unknown server status kept verbatim
     iteration: int

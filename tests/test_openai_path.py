@@ -105,7 +105,9 @@ def server_jobs(server: SandboxServer) -> list[Any]:
     import openai
 
     client = openai.OpenAI(api_key=KEY, base_url=server.base_url, max_retries=0)
-    return sorted(client.fine_tuning.jobs.list(limit=100), key=lambda j: j.created_at)
+    # Listed newest first (as OpenAI does); created_at has whole seconds, so two jobs may tie
+    # on it and sorting by it is not creation order.
+    return list(reversed(list(client.fine_tuning.jobs.list(limit=100))))
 
 
 def server_files(server: SandboxServer) -> list[Any]:

@@ -3,6 +3,7 @@
 Forms (the part before the first `/` picks the backend):
 
 - `openai/<model>`: chat completions from OpenAI or any OpenAI-compatible server (`base_url`).
+- `azure/<deployment>`: an Azure OpenAI deployment (`[azure]`: endpoint, api_version, auth).
   `openai/ft:gpt-4o-mini:org::id` works as is (colons belong to the model name).
 - `hf/<dir-or-name>[+<adapter-dir>]`: a local transformers model, optionally with a PEFT adapter.
 - `agent/<name>`: a classic agent (ucb1, thompson, hedge, ...) answering in text from the chat.
@@ -21,6 +22,7 @@ from rmft_api.providers.base import Provider, SamplingParams
 
 SPEC_FORMS = (
     "openai/<model>",
+    "azure/<deployment>",
     "hf/<dir-or-name>[+<adapter-dir>]",
     "agent/<name>",
     "scripted/<first|cycle|garbage|random>",
@@ -54,6 +56,8 @@ def resolve(spec: str, **options: Any) -> Provider:
     backend, rest = split_spec(spec)
     if backend == "openai":
         return _openai(spec, rest, options)
+    if backend == "azure":
+        return _azure(spec, rest, options)
     if backend == "hf":
         return _hf(spec, rest, options)
     if backend == "agent":
@@ -86,9 +90,30 @@ def _openai(spec: str, model: str, options: dict[str, Any]) -> Provider:
     urls = list(options.get("base_urls") or [])
     if options.get("base_url"):
         urls.insert(0, options["base_url"])
-    known = ("concurrency", "rpm", "tpm", "timeout_s", "max_retries", "prices", "window_s")
+    known = (
+        "concurrency",
+        "rpm",
+        "tpm",
+        "timeout_s",
+        "max_retries",
+        "prices",
+        "window_s",
+        "api_key_env",
+    )
     kwargs = {k: options[k] for k in known if options.get(k) is not None}
     return OpenAIProvider(model, base_url=urls or None, spec=spec, **kwargs)
+
+
+def _azure(spec: str, deployment: str, options: dict[str, Any]) -> Provider:
+    from rmft_api.config import AzureConfig
+    from rmft_api.providers.azure import AzureOpenAIProvider
+
+    azure = options.get("azure")
+    if not isinstance(azure, AzureConfig):
+        raise _unknown(spec, "azure/<deployment> needs the [azure] section (endpoint, auth)")
+    known = ("concurrency", "rpm", "tpm", "timeout_s", "max_retries", "prices", "window_s")
+    kwargs = {k: options[k] for k in known if options.get(k) is not None}
+    return AzureOpenAIProvider(deployment, azure=azure, spec=spec, **kwargs)
 
 
 def _hf(spec: str, rest: str, options: dict[str, Any]) -> Provider:
@@ -110,6 +135,7 @@ def provider_options(cfg: Config) -> dict[str, Any]:
     return {
         "base_url": policy.base_url,
         "base_urls": policy.base_urls,
+        "api_key_env": policy.api_key_env,
         "concurrency": policy.concurrency,
         "rpm": policy.rpm,
         "tpm": policy.tpm,
@@ -122,6 +148,7 @@ def provider_options(cfg: Config) -> dict[str, Any]:
         "answer_marker": MARKER if policy.stop_after_answer else None,
         "seed": cfg.run.seed,
         "agents": cfg.agents,
+        "azure": cfg.azure,
         "env_kind": cfg.env.kind,
         "sigma": cfg.env.sigma,
         "templates_dir": cfg.prompt.templates_dir,

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rmft_api.sandbox import chat, files, finetune
+from rmft_api.sandbox import azure, chat, files, finetune, together
 from rmft_api.sandbox.replies import fault_reply
 from rmft_api.sandbox.state import SandboxState
 
@@ -59,10 +59,14 @@ def build_app(state: SandboxState) -> ASGIApp:
         *chat.routes(state),
         *files.routes(state),
         *finetune.routes(state),
+        *together.routes(state),
+        *azure.routes(state),
     ]
     inner = Starlette(routes=routes)
     inner.state.sandbox = state
-    return FaultLayer(inner, state)
+    # Faults see the path as the client sent it (an Azure path too), then Azure's data plane
+    # is rewritten onto the OpenAI routes.
+    return FaultLayer(azure.AzureDataPlane(inner, state), state)
 
 
 class FaultLayer:

@@ -34,20 +34,34 @@ _MESSAGES = TypeAdapter(list[Message])
 TOKENS_REPLY_PRIMING = 3
 
 
-def routes(state: SandboxState) -> list[Route]:
+def routes(state: SandboxState, *, prefix: str = "/v1") -> list[Route]:
+    """The chat and model-list routes under `prefix` (other services' OpenAI-compatible
+    endpoints, e.g. Together's, mount them under their own)."""
+
     async def chat_completions(request: Request) -> Response:
         return await _chat(request, state)
 
     async def models(request: Request) -> Response:
-        data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": "rmft-sandbox"}
-            for m in state.listed_models()
-        ]
+        dates = state.settings.shutdown_dates
+        names = state.listed_models() + [m for m in dates if m not in state.listed_models()]
+        data = []
+        for name in names:
+            entry: dict[str, Any] = {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "rmft-sandbox",
+            }
+            # OpenAI retires a snapshot together with every fine-tune built on it.
+            date = dates.get(name) or dates.get(state.jobs.models.get(name, ""))
+            if date is not None:
+                entry["shutdown_date"] = date
+            data.append(entry)
         return JSONResponse({"object": "list", "data": data})
 
     return [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
+        Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]),
+        Route(f"{prefix}/models", models, methods=["GET"]),
     ]
 
 

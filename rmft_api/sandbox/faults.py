@@ -54,6 +54,7 @@ FaultKind = Literal[
     "malformed",  # 200 with a truncated JSON body
     "unauthorized",  # 401 invalid_api_key, echoing the key it got (to test scrubbing)
     "permission_denied",  # 403
+    "training_not_available",  # 403 training_not_available (fine-tuning refused for good)
     "model_not_found",  # 404 model_not_found
 ]
 

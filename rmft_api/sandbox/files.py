@@ -74,8 +74,11 @@ class FileStore:
         self._work_dir.mkdir(parents=True, exist_ok=True)
         return self._work_dir
 
-    def add(self, filename: str, purpose: str, data: bytes) -> StoredFile:
-        file_id = f"file-{uuid.uuid4().hex[:24]}"
+    def add(
+        self, filename: str, purpose: str, data: bytes, *, file_id: str | None = None
+    ) -> StoredFile:
+        """Store a file; `file_id` for services that announce the id before the upload."""
+        file_id = file_id or f"file-{uuid.uuid4().hex[:24]}"
         path = self.root / "files" / file_id
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

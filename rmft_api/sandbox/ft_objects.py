@@ -83,6 +83,8 @@ class SandboxJob:
     error: dict[str, Any] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)  # oldest first
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # oldest first
+    learning_rate: float | None = None  # as asked by services that send an absolute one
+    training_type: dict[str, Any] | None = None  # e.g. Together's {"type": "Lora", ...}
     task: asyncio.Task[None] | None = None
     lora: tuple[LocalLoraTrainer, JobRef] | None = None
 

@@ -112,6 +112,12 @@ def fault_reply(rule: FaultRule, *, model: str, api_key: str) -> Response:
     if fault == "permission_denied":
         msg = f"You are not allowed to use {model} with this organization."
         return error_reply(403, msg, type_="invalid_request_error", code="permission_denied")
+    if fault == "training_not_available":
+        msg = (
+            "Fine-tuning is no longer available to this organization: new fine-tuning jobs "
+            "cannot be created."
+        )
+        return error_reply(403, msg, type_="invalid_request_error", code="training_not_available")
     if fault == "model_not_found":
         msg = f"The model `{model}` does not exist or you do not have access to it."
         return error_reply(404, msg, type_="invalid_request_error", code="model_not_found")

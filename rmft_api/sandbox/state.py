@@ -9,17 +9,22 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmft_api.errors import ConfigError
 from rmft_api.providers.base import Provider
+from rmft_api.sandbox.azure import AzureSandboxSettings
 from rmft_api.sandbox.faults import FaultInjector, FaultPlan
 from rmft_api.sandbox.files import FileStore
 from rmft_api.sandbox.ft_jobs import FineTuningJobs
 from rmft_api.sandbox.ft_objects import FineTuneSettings
 from rmft_api.sandbox.ratelimit import ServerRateLimiter
+
+if TYPE_CHECKING:
+    from rmft_api.sandbox.azure import AzureState
+    from rmft_api.sandbox.together import TogetherState
 
 MAX_ARRIVALS_KEPT = 10_000
 
@@ -39,8 +44,14 @@ class SandboxSettings(BaseModel):
         default_factory=list, description="Model names served; empty = any name is accepted."
     )
     default_max_tokens: int = Field(default=256, ge=1, description="When a request sets none.")
+    shutdown_dates: dict[str, str] = Field(
+        default_factory=dict,
+        description="`shutdown_date` that /v1/models reports, by model (YYYY-MM-DD); fine-tuned "
+        "models inherit their root base's.",
+    )
     faults: FaultPlan = Field(default_factory=FaultPlan)
     fine_tuning: FineTuneSettings = Field(default_factory=FineTuneSettings)
+    azure: AzureSandboxSettings = Field(default_factory=AzureSandboxSettings)
 
 
 def check_loopback(host: str) -> None:
@@ -83,6 +94,8 @@ class SandboxState:
         self.chat_arrivals: deque[float] = deque(maxlen=MAX_ARRIVALS_KEPT)
         self.files = FileStore(settings.fine_tuning.work_dir)
         self.jobs = FineTuningJobs(self)  # registers the models it trains in `backings`
+        self.together: TogetherState | None = None  # set by the Together routes
+        self.azure: AzureState | None = None  # set by the Azure routes
 
     def backing_for(self, model: str) -> Provider:
         return self.backings.get(model, self.backing)

@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import openai
@@ -56,6 +56,8 @@ T = TypeVar("T")
 
 class OpenAIFineTuner:
     """The `Trainer` protocol over the fine-tuning API; one instance per run (not thread-safe)."""
+
+    backend: ClassVar[Literal["openai", "azure"]] = "openai"  # JobRef.backend of its jobs
 
     def __init__(
         self,
@@ -133,7 +135,7 @@ class OpenAIFineTuner:
     def poll(self, ref: JobRef) -> JobRef:
         """The job's state, its latest loss (from the events), and on success the `ft:` model,
         billed tokens and checkpoints. Raises JobFailedError when it failed."""
-        job = self.api.retrieve_job(_job_id(ref))
+        job = self.api.retrieve_job(_job_id(ref, self.backend))
         update: dict[str, Any] = {"status": job.status, "trained_tokens": job.trained_tokens}
         if job.status not in ("validating_files", "queued"):
             progress = self.api.progress(job.id)
@@ -156,7 +158,7 @@ class OpenAIFineTuner:
         return updated
 
     def cancel(self, ref: JobRef) -> JobRef:
-        job_id = _job_id(ref)
+        job_id = _job_id(ref, self.backend)
         try:
             job = self.api.read(
                 functools.partial(self.api.client.fine_tuning.jobs.cancel, job_id),
@@ -263,6 +265,7 @@ class OpenAIFineTuner:
         }
         if c.suffix:
             params["suffix"] = c.suffix
+        params.update(self._service_params())
         job = self._create_once(
             f"fine-tuning job for iteration {record.iteration}",
             announce=lambda: self.registry.save_job(record),
@@ -309,6 +312,10 @@ class OpenAIFineTuner:
             "twice — resume the run to look it up again and retry"
         ) from last
 
+    def _service_params(self) -> dict[str, Any]:
+        """Create parameters a service adds to OpenAI's (Azure: `trainingType`)."""
+        return {}
+
     def _job_seed(self, iteration: int) -> int:
         state = np.random.SeedSequence([self.config.seed, iteration]).generate_state(1)[0]
         return int(state) % 2**31
@@ -317,7 +324,7 @@ class OpenAIFineTuner:
         self, job: FineTuningJob, base_policy: str, iteration: int, train_file: Path, sha: str
     ) -> JobRef:
         return JobRef(
-            backend="openai",
+            backend=self.backend,
             job_id=job.id,
             status=job.status,
             iteration=iteration,
@@ -330,9 +337,9 @@ class OpenAIFineTuner:
         )
 
 
-def _job_id(ref: JobRef) -> str:
-    if ref.backend != "openai":
-        raise StateError(f"job {ref.job_id} is a {ref.backend} job, not an OpenAI one")
+def _job_id(ref: JobRef, backend: str) -> str:
+    if ref.backend != backend:
+        raise StateError(f"job {ref.job_id} is a {ref.backend} job, not an {backend} one")
     return ref.job_id
 
 

@@ -24,6 +24,7 @@ from rmft_api.errors import (
     QuotaExhaustedError,
     RmftError,
     TrainingError,
+    TrainingUnavailableError,
     TransientProviderError,
 )
 from rmft_api.providers.retry import RetryPolicy, server_wait_s
@@ -39,13 +40,20 @@ PURPOSE: Final = "fine-tune"
 PAGE_SIZE = 100
 EVENTS_SCANNED = 20  # the newest events hold the latest metrics line
 ALTERNATIVES = (
-    "OpenAI is winding down self-serve fine-tuning (new organisations are refused). "
-    "Alternatives: point [trainer] base_url at another OpenAI-compatible fine-tuning service, "
-    'or train a local model with [trainer] kind = "lora" (policy hf/<dir>)'
+    "OpenAI is winding down self-serve fine-tuning (reported: new organisations refused since "
+    "May 2026, all new jobs from 2027-01-06). Alternatives: Azure OpenAI ([trainer] kind = "
+    '"azure", configs/azure.toml), Together AI ([trainer] kind = "together", '
+    "configs/together.toml), another OpenAI-compatible fine-tuning service ([trainer] base_url), "
+    'or a local model with [trainer] kind = "lora" (policy hf/<dir>)'
 )
 # A create refused because the model cannot be fine-tuned here (OpenAI: 400 model_not_available
 # "Model ... is not available for fine-tuning or does not exist").
-_REFUSAL_CODES = ("model_not_available", "model_not_found", "permission_denied")
+_REFUSAL_CODES = (
+    "model_not_available",
+    "model_not_found",
+    "permission_denied",
+    "training_not_available",
+)
 _REFUSAL_PHRASES = ("not available for fine-tuning", "does not exist", "not supported")
 _KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-]{6,}")
 _STEP_LOSS = re.compile(r"Step (\d+)/(\d+): training loss=([-+0-9.eE]+)")
@@ -235,9 +243,11 @@ class FineTuneAPI:
                 and status in (400, 404)
                 and (code in _REFUSAL_CODES or any(p in message.lower() for p in _REFUSAL_PHRASES))
             )
-            if refused:
-                return TrainingError(
-                    f"{what}: refused by {where} ({status}): {message}. {ALTERNATIVES}"
+            if refused or code == "training_not_available":
+                # Final: a refusal to train never turns into a success on retry.
+                return TrainingUnavailableError(
+                    f"{what}: refused by {where} ({status}{', ' + code if code else ''}): "
+                    f"{message}. {ALTERNATIVES}"
                 )
             return RejectedRequest(
                 f"{what}: rejected by {where} ({status}): {message}", status=status
