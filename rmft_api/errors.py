@@ -51,6 +51,10 @@ class StateError(RmftError):
     """The run directory is inconsistent, locked by another process, or from another config."""
 
 
+class EvaluationError(RmftError):
+    """An evaluation with no completed episode (every one ended in an error): not a result."""
+
+
 class BudgetError(RmftError):
     """The next paid step would exceed `budget.max_usd`."""
 

@@ -20,12 +20,14 @@ from rmft_api.agent_plays import play_agent
 from rmft_api.config import Config
 from rmft_api.envs.base import child_rng
 from rmft_api.envs.scenarios import Scenario, build_scenarios
-from rmft_api.errors import StateError
+from rmft_api.errors import EvaluationError, StateError
 from rmft_api.growth import curve_growth
 from rmft_api.providers.base import Provider, SamplingParams
 from rmft_api.rollout import read_episodes, run_rollouts
+from rmft_api.rollout_cache import ResponseCache, cache_path
 from rmft_api.rollout_progress import ProgressCallback
 from rmft_api.schema import SCHEMA_VERSION, Episode, Usage
+from rmft_api.store import read_json
 
 _EVAL_KEY = 0xE7A1  # salt of the bootstrap streams, apart from every other use of run.seed
 _DIFF_KEY = 0xD1F  # ... and of the paired differences' streams
@@ -212,23 +214,54 @@ async def evaluate_policy(
     progress: ProgressCallback | None = None,
     budget_usd: float | None = None,
 ) -> EvalMetrics:
-    """Play the held-out scenarios (resuming `out`), then summarize against the baselines."""
+    """Play the held-out scenarios (resuming `out`), then summarize against the baselines.
+
+    With `rollout.cache` on, replies are kept in the response cache next to `out` (the same
+    one the training rollout keeps, rollout_cache.py), so a resumed evaluation replays every
+    turn already paid for and pays only the unanswered ones.
+    """
     scenarios = heldout_scenarios(cfg)
     if cfg.eval.temperature is not None:
         sampling = sampling.model_copy(update={"temperature": cfg.eval.temperature})
-    await run_rollouts(
-        provider,
-        scenarios,
-        cfg=cfg,
-        iteration=iteration,
-        rollouts_per_scenario=cfg.eval.rollouts_per_scenario,
-        out=out,
-        sampling=sampling,
-        progress=progress,
-        budget_usd=budget_usd,
-    )
+    cache = ResponseCache(cache_path(Path(out).parent)) if cfg.rollout.cache else None
+    try:
+        for _ in range(2):  # a second pass re-plays episodes that ended in an error
+            summary = await run_rollouts(
+                provider,
+                scenarios,
+                cfg=cfg,
+                iteration=iteration,
+                rollouts_per_scenario=cfg.eval.rollouts_per_scenario,
+                out=out,
+                sampling=sampling,
+                progress=progress,
+                cache=cache,
+                budget_usd=budget_usd,
+            )
+            if summary.errors == 0:
+                break
+    finally:
+        if cache is not None:
+            cache.close()
     ids = {s.scenario_id for s in scenarios}
     episodes = [e for e in read_episodes(out) if e.scenario_id in ids and e.iteration == iteration]
     # Completion order is arbitrary under concurrency; the bootstrap must not depend on it.
     episodes.sort(key=lambda e: (e.scenario_index, e.rollout))
+    failed = [e for e in episodes if e.status == "error"]
+    if episodes and len(failed) == len(episodes):
+        raise EvaluationError(
+            f"evaluation of {provider.spec} (iteration {iteration}): all {len(episodes)} "
+            f"episodes ended in errors (e.g. {failed[0].error}); no metrics written. Fix the "
+            "cause and resume: the evaluation is played again (answered turns come from the cache)"
+        )
     return summarize(episodes, scenarios, cfg, iteration=iteration, policy=provider.spec)
+
+
+def metrics_final(path: Path) -> bool:
+    """True when `path` holds an evaluation's final metrics; False when it is missing or holds
+    the metrics of an evaluation whose every episode failed (written by older versions), which
+    is then played again."""
+    if not path.is_file():
+        return False
+    metrics = read_json(path, EvalMetrics)
+    return metrics.complete > 0 or metrics.episodes == 0

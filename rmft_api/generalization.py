@@ -23,7 +23,13 @@ import numpy as np
 from rmft_api.config import Config, GridVariant, grid_variant_sections
 from rmft_api.envs.scenarios import Scenario, load_library
 from rmft_api.errors import ConfigError, StateError
-from rmft_api.evaluate import EvalMetrics, check_disjoint, evaluate_policy, heldout_scenarios
+from rmft_api.evaluate import (
+    EvalMetrics,
+    check_disjoint,
+    evaluate_policy,
+    heldout_scenarios,
+    metrics_final,
+)
 from rmft_api.providers.base import Provider, SamplingParams
 from rmft_api.rollout_progress import ProgressCallback
 from rmft_api.schema import Episode
@@ -155,7 +161,7 @@ async def evaluate_grid(
     for entry in entries:
         where = out_dir / entry.name
         metrics_path = where / "metrics.json"
-        if metrics_path.is_file():
+        if metrics_final(metrics_path):
             results[entry.name] = read_json(metrics_path, EvalMetrics)
             continue
         if entry.cfg.eval.scenarios == 0:

@@ -248,7 +248,12 @@ class Pipeline:
     # ---------------------------------------------------------------- phases
 
     async def _evaluate(self, state: RunState, paths: IterationPaths) -> None:
-        from rmft_api.evaluate import check_disjoint, evaluate_policy, heldout_scenarios
+        from rmft_api.evaluate import (
+            check_disjoint,
+            evaluate_policy,
+            heldout_scenarios,
+            metrics_final,
+        )
         from rmft_api.providers.registry import sampling_params
 
         grid = None
@@ -256,7 +261,7 @@ class Pipeline:
             from rmft_api.generalization import grid_entries
 
             grid = grid_entries(self.cfg)  # config mistakes surface before anything is played
-        main = not paths.metrics.is_file() and self.cfg.eval.scenarios > 0
+        main = not metrics_final(paths.metrics) and self.cfg.eval.scenarios > 0
         if not main and not grid:
             return
         train = [s for j in range(state.iteration + 1) for s in training_scenarios(self.cfg, j)]

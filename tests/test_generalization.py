@@ -175,7 +175,9 @@ def test_a_killed_grid_evaluation_resumes_where_it_stopped(tmp_path: Path) -> No
     provider = resolve_policy(cfg)
     assert isinstance(provider, AgentProvider)
     again = run_grid(cfg, tmp_path, provider)
-    assert provider.requests == 8  # one episode of T = 8 rounds replayed, nothing else
+    # The lost episode's 8 rounds replay from the variant's response cache: nothing is asked.
+    assert provider.requests == 0
+    assert (tmp_path / "arms-8" / "cache.jsonl").is_file()
     assert again == first
 
 
