@@ -22,6 +22,7 @@ from rmft_api.envs.base import child_rng
 from rmft_api.envs.scenarios import Scenario, build_scenarios
 from rmft_api.errors import EvaluationError, StateError
 from rmft_api.growth import curve_growth
+from rmft_api.ledger import Ledger
 from rmft_api.providers.base import Provider, SamplingParams
 from rmft_api.rollout import read_episodes, run_rollouts
 from rmft_api.rollout_cache import ResponseCache, cache_path
@@ -213,6 +214,7 @@ async def evaluate_policy(
     sampling: SamplingParams,
     progress: ProgressCallback | None = None,
     budget_usd: float | None = None,
+    ledger: Ledger | None = None,
 ) -> EvalMetrics:
     """Play the held-out scenarios (resuming `out`), then summarize against the baselines.
 
@@ -237,6 +239,7 @@ async def evaluate_policy(
                 progress=progress,
                 cache=cache,
                 budget_usd=budget_usd,
+                ledger=ledger,
             )
             if summary.errors == 0:
                 break

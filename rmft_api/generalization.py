@@ -30,6 +30,7 @@ from rmft_api.evaluate import (
     heldout_scenarios,
     metrics_final,
 )
+from rmft_api.ledger import Ledger
 from rmft_api.providers.base import Provider, SamplingParams
 from rmft_api.rollout_progress import ProgressCallback
 from rmft_api.schema import Episode
@@ -149,12 +150,15 @@ async def evaluate_grid(
     progress: ProgressCallback | None = None,
     budget_left: Callable[[], float | None] = lambda: None,
     on_variant: Callable[[str], None] | None = None,
+    ledger: Ledger | None = None,
 ) -> dict[str, EvalMetrics]:
     """Evaluate `provider` on every variant; a variant whose metrics.json exists is kept as is.
 
     Args:
         out_dir: the iteration's grid/ directory; variant v writes out_dir/v/.
-        budget_left: dollars left, asked before each variant (None = no limit).
+        budget_left: dollars left, asked before each variant (None = no limit); with a
+            `ledger`, the cap on the ledger's total.
+        ledger: the run's ledger of paid requests.
         on_variant: told the name of each variant about to be played.
     """
     results: dict[str, EvalMetrics] = {}
@@ -177,6 +181,7 @@ async def evaluate_grid(
             sampling=sampling,
             progress=progress,
             budget_usd=budget_left(),
+            ledger=ledger,
         )
         write_json_atomic(metrics_path, metrics)
         results[entry.name] = metrics

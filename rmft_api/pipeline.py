@@ -28,9 +28,17 @@ from rmft_api.config import (
 )
 from rmft_api.envs.scenarios import Scenario, build_scenarios
 from rmft_api.errors import BudgetError, RmftError, StateError, TrainingError
+from rmft_api.ledger import Ledger, ledger_path
 from rmft_api.providers.base import Provider
 from rmft_api.rollout_progress import RolloutProgress
-from rmft_api.run_state import Phase, RunState, load_state, save_state, spent_usd
+from rmft_api.run_state import (
+    Phase,
+    RunState,
+    load_state,
+    requests_spent_usd,
+    save_state,
+    training_spent_usd,
+)
 from rmft_api.schema import Episode, JobRef
 from rmft_api.store import IterationPaths, RunLock, RunPaths, read_json, write_json_atomic
 from rmft_api.trainers.base import JobFailedError, Trainer, is_terminal
@@ -122,6 +130,7 @@ class Pipeline:
     max_poll_interval_s: float | None = None
     today: Callable[[], dt.date] = dt.date.today  # the preflight's clock (tests fix it)
     _providers: dict[str, Provider] = field(default_factory=dict)
+    _ledger: Ledger | None = None
 
     # ---------------------------------------------------------------- driving
 
@@ -141,6 +150,19 @@ class Pipeline:
             write_report(self.run)
         except RmftError as e:
             self.reporter.note(f"report not written: {e}")
+
+    def ledger(self) -> Ledger:
+        """The run's ledger of paid requests (ledger.jsonl), opened once per drive; a run
+        directory from before the ledger gets what its episodes cost carried into it."""
+        if self._ledger is None:
+            path = ledger_path(self.run.root)
+            fresh = not path.is_file()
+            self._ledger = Ledger(path)
+            if fresh:
+                from rmft_api.generalization import grid_spent_usd
+
+                self._ledger.carry(requests_spent_usd(self.run) + grid_spent_usd(self.run))
+        return self._ledger
 
     async def _drive(self) -> RunState:
         state = load_state(self.run)
@@ -163,6 +185,9 @@ class Pipeline:
             raise
         finally:
             await self._close_providers()
+            if self._ledger is not None:
+                self._ledger.close()
+                self._ledger = None
         return state
 
     async def _step(self, state: RunState) -> RunState:
@@ -230,20 +255,20 @@ class Pipeline:
             await provider.aclose()
 
     def _spent(self) -> float:
-        """Dollars spent so far; the grid's episodes live outside what spent_usd reads."""
-        from rmft_api.generalization import grid_spent_usd
-
-        return spent_usd(self.run) + grid_spent_usd(self.run)
+        """Dollars spent so far: the ledger's paid requests plus billed training."""
+        return self.ledger().total_usd() + training_spent_usd(self.run)
 
     def _budget_left(self) -> float | None:
+        """The cap the rollout guards hold the ledger's total to (they start from it), after
+        billed training; BudgetError when nothing is left."""
         if self.cfg.budget.max_usd is None:
             return None
-        left = self.cfg.budget.max_usd - self._spent()
-        if left <= 0:
+        training = training_spent_usd(self.run)
+        if self.cfg.budget.max_usd - training - self.ledger().total_usd() <= 0:
             raise BudgetError(
                 f"budget.max_usd = {self.cfg.budget.max_usd:.2f} is spent; raise it and resume"
             )
-        return left
+        return self.cfg.budget.max_usd - training
 
     # ---------------------------------------------------------------- phases
 
@@ -276,6 +301,7 @@ class Pipeline:
                 sampling=sampling_params(self.cfg),
                 progress=self.reporter.rollout,
                 budget_usd=self._budget_left(),
+                ledger=self.ledger(),
             )
             write_json_atomic(paths.metrics, metrics)
         if grid:
@@ -290,6 +316,7 @@ class Pipeline:
                 sampling=sampling_params(self.cfg),
                 progress=self.reporter.rollout,
                 budget_left=self._budget_left,
+                ledger=self.ledger(),
                 on_variant=lambda name: self.reporter.phase(
                     state.iteration, "evaluate", f"{state.policy} · grid {name}"
                 ),
@@ -315,6 +342,7 @@ class Pipeline:
                     progress=self.reporter.rollout,
                     cache=cache,
                     budget_usd=self._budget_left(),
+                    ledger=self.ledger(),
                 )
                 if summary.errors == 0:
                     break

@@ -41,6 +41,7 @@ from rmft_api.envs.scenarios import Scenario
 from rmft_api.envs.templates import TemplateSet, load_templates
 from rmft_api.envs.text import TextEpisode
 from rmft_api.errors import ParseAbortError, StateError
+from rmft_api.ledger import Ledger
 from rmft_api.providers.base import Provider, SamplingParams
 from rmft_api.providers.limiter import estimate_request_tokens
 from rmft_api.rollout_budget import BudgetGuard
@@ -110,6 +111,7 @@ class _Engine:
         writer: JsonlWriter,
         cache: ResponseCache | None,
         budget_usd: float | None,
+        ledger: Ledger | None,
         progress: ProgressCallback | None,
         total: int,
         skipped: int,
@@ -130,7 +132,8 @@ class _Engine:
         self.written = self.errors = self.aborted = 0
         self.requests = self.cached = self.parse_failures = 0
         self.usage = Usage()
-        self.budget = BudgetGuard(budget_usd)
+        self.ledger = ledger
+        self.budget = BudgetGuard(budget_usd, ledger=ledger)
         self.regrets: list[float] = []
         self.failure: BaseException | None = None
 
@@ -221,6 +224,11 @@ class _Engine:
             for i in missing
         ]
         await self.budget.reserve(sizes)
+        estimates = [self.budget.estimate_usd(size) for size in sizes]
+        entries = [
+            self.ledger.open(estimate_usd=est, tokens=size) if self.ledger is not None else ""
+            for est, size in zip(estimates, sizes, strict=True)
+        ]
         replies: list[Completion] = []
         try:
             replies = await self.provider.generate(
@@ -231,7 +239,10 @@ class _Engine:
         finally:
             for j, size in enumerate(sizes):
                 paid = j < len(replies) and replies[j].error is None
-                self.budget.settle(size, cost_usd=replies[j].usage.cost_usd if paid else None)
+                cost = replies[j].usage.cost_usd if paid else None
+                self.budget.settle(size, cost_usd=cost, failed_estimate_usd=estimates[j])
+                if self.ledger is not None:
+                    self.ledger.settle(entries[j], cost)
         for i, reply in zip(missing, replies, strict=True):
             out[i] = reply
             if reply.error is None:
@@ -364,12 +375,16 @@ async def run_rollouts(
     cache: ResponseCache | None = None,
     budget_usd: float | None = None,
     live_episodes: int | None = None,
+    ledger: Ledger | None = None,
 ) -> RolloutSummary:
     """Play every (scenario, rollout) not yet finished in `out` (episodes.jsonl) and append it.
 
     Args:
-        budget_usd: dollars this call may spend; the call stops (BudgetError) before a request
-            that could pass it (see rollout_budget.py for how requests are priced).
+        budget_usd: dollars this call may spend — with a `ledger`, the cap on the ledger's
+            total, which already counts what earlier invocations paid; the call stops
+            (BudgetError) before a request that could pass it (rollout_budget.py).
+        ledger: the run's ledger of paid requests (ledger.py): each request is recorded in it
+            before it is sent and settled after.
         live_episodes: episodes started at once: API providers default to 2 × policy.concurrency,
             local providers to their batch size.
 
@@ -394,6 +409,7 @@ async def run_rollouts(
         writer=writer,
         cache=cache,
         budget_usd=budget_usd,
+        ledger=ledger,
         progress=progress,
         total=len(jobs),
         skipped=len(done),

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from rmft_api.errors import BudgetError
+from rmft_api.ledger import Ledger
 
 _RATES_KEPT = 64
 
@@ -22,13 +23,17 @@ _RATES_KEPT = 64
 class BudgetGuard:
     """Reservations against a dollar cap (None = no cap: every call returns at once)."""
 
-    def __init__(self, max_usd: float | None) -> None:
+    def __init__(self, max_usd: float | None, *, ledger: Ledger | None = None) -> None:
+        """With a ledger, spending starts from its total (what earlier invocations paid,
+        failed requests at their estimate) and its recent prices per token."""
         self.max_usd = max_usd
-        self.spent_usd = 0.0
+        self.spent_usd = ledger.total_usd() if ledger is not None else 0.0
         self.paid = 0
         self._reserved_tokens = 0
         self._in_flight = 0
         self._usd_per_token: deque[float] = deque(maxlen=_RATES_KEPT)
+        if ledger is not None:
+            self._usd_per_token.extend(ledger.usd_per_token()[-_RATES_KEPT:])
         self._priced: asyncio.Event | None = None
 
     async def reserve(self, sizes: Sequence[int]) -> None:
@@ -38,6 +43,11 @@ class BudgetGuard:
             if self._priced is None:
                 self._priced = asyncio.Event()
             await self._priced.wait()
+        if self.max_usd is not None and self.spent_usd >= self.max_usd:
+            raise BudgetError(
+                f"budget.max_usd = {self.max_usd:.2f} is spent (${self.spent_usd:.4f} in the "
+                "ledger); raise it and resume"
+            )
         if self.max_usd is not None and self._usd_per_token:
             rate = max(self._usd_per_token)
             if self.spent_usd + rate * (self._reserved_tokens + tokens) > self.max_usd:
@@ -50,10 +60,18 @@ class BudgetGuard:
         self._reserved_tokens += tokens
         self._in_flight += len(sizes)
 
-    def settle(self, tokens: int, *, cost_usd: float | None) -> None:
-        """Release a reservation; `cost_usd` None when the request failed (nothing paid)."""
+    def estimate_usd(self, tokens: int) -> float:
+        """What a request of this size may cost at the dearest recent price (0 before any)."""
+        return max(self._usd_per_token, default=0.0) * tokens
+
+    def settle(
+        self, tokens: int, *, cost_usd: float | None, failed_estimate_usd: float = 0.0
+    ) -> None:
+        """Release a reservation; `cost_usd` None when the request failed, which counts at
+        `failed_estimate_usd` (the service may have billed it)."""
         self._reserved_tokens -= tokens
         self._in_flight -= 1
+        self.spent_usd += failed_estimate_usd if cost_usd is None else 0.0
         if cost_usd is not None:
             self.paid += 1
             self.spent_usd += cost_usd

@@ -23,6 +23,7 @@ from rmft_api.config import Config
 from rmft_api.envs.base import child_rng
 from rmft_api.envs.scenarios import Scenario, build_scenarios
 from rmft_api.errors import ConfigError
+from rmft_api.ledger import Ledger, ledger_path
 from rmft_api.rollout import read_episodes, run_rollouts
 from rmft_api.rollout_cache import ResponseCache, cache_path
 from rmft_api.rollout_progress import ProgressCallback, RolloutSummary
@@ -142,6 +143,7 @@ def rollout_and_compare(
     episodes_path = out_dir / "episodes.jsonl"
     provider = resolve_policy(cfg, spec=policy)
     cache = ResponseCache(cache_path(out_dir)) if cfg.rollout.cache else None
+    ledger = Ledger(ledger_path(out_dir))
 
     async def play() -> RolloutSummary:
         try:
@@ -156,6 +158,7 @@ def rollout_and_compare(
                 progress=progress,
                 cache=cache,
                 budget_usd=cfg.budget.max_usd,
+                ledger=ledger,
             )
         finally:
             await provider.aclose()
@@ -163,6 +166,7 @@ def rollout_and_compare(
     try:
         summary = asyncio.run(play())
     finally:
+        ledger.close()
         if cache is not None:
             cache.close()
     compared = compare_with_baselines(episodes_path, drawn, cfg, iteration=iteration)

@@ -124,17 +124,26 @@ def config_differences(old: Config, new: Config) -> list[str]:
     ]
 
 
-def spent_usd(run: RunPaths) -> float:
-    """Dollars spent so far, from what is on disk: every episode's usage plus billed training."""
+def requests_spent_usd(run: RunPaths) -> float:
+    """What the episodes of the training rollouts and main evaluations cost (their usage):
+    read once, to carry an older run's spending into its new ledger (pipeline.py)."""
+    total = 0.0
+    for i in run.iterations():
+        paths = run.iteration(i)
+        for path in (paths.episodes, paths.eval_episodes):
+            if path.is_file():
+                total += sum(e.usage.cost_usd for e in read_jsonl(path, Episode))
+    return total
+
+
+def training_spent_usd(run: RunPaths) -> float:
+    """Billed training of the hosted OpenAI jobs (job.json's trained tokens)."""
     from rmft_api.providers.pricing import PriceTable
 
     total = 0.0
     prices = PriceTable()
     for i in run.iterations():
         paths = run.iteration(i)
-        for path in (paths.episodes, paths.eval_episodes):
-            if path.is_file():
-                total += sum(e.usage.cost_usd for e in read_jsonl(path, Episode))
         if paths.job.is_file():
             ref = read_json(paths.job, JobRef)
             if ref.backend == "openai" and ref.trained_tokens:

@@ -155,3 +155,85 @@ def test_failed_metrics_on_disk_are_played_again_on_resume(
 
     assert asyncio.run(go())["long"].complete == 12
     assert read_json(where / "metrics.json", EvalMetrics).complete == 12
+
+
+# ---------------------------------------------------------------- item 2: the ledger
+
+
+def test_resumes_after_a_budget_stop_spend_no_more_than_the_cap_in_total(
+    tmp_path: Path, start_sandbox: Callable[..., Any]
+) -> None:
+    """`rmft-api rollout --out DIR` stopped by budget.max_usd, then resumed three times: the
+    sandbox's own bill over all four invocations stays within the one cap."""
+    from rmft_api.errors import BudgetError
+    from rmft_api.ledger import Ledger, ledger_path
+    from rmft_api.providers.pricing import PriceTable
+    from rmft_api.rollout_report import rollout_and_compare
+
+    server = start_sandbox(resolve("agent/ucb1"))
+    cap = 0.004
+    cfg = _cfg(
+        tmp_path,
+        env={"horizon": 20},
+        policy={"spec": "openai/gpt-4o-mini", "base_url": server.base_url, "concurrency": 4},
+        budget={"max_usd": cap},
+    )
+    out = tmp_path / "rollout"
+    for _ in range(4):
+        with pytest.raises(BudgetError):
+            rollout_and_compare(cfg, out_dir=out, scenarios=8, rollouts=2)
+    state = server.state
+    billed = PriceTable().inference_cost(
+        "gpt-4o-mini", prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens
+    )
+    assert 0.5 * cap < billed <= cap
+    ledger = Ledger(ledger_path(out))
+    assert ledger.paid() == state.completions
+    assert ledger.total_usd() == pytest.approx(billed)
+
+
+def test_the_ledger_counts_failed_and_unsettled_requests_and_survives_a_torn_line(
+    tmp_path: Path,
+) -> None:
+    from rmft_api.ledger import Ledger
+
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path)
+    ledger.settle(ledger.open(estimate_usd=0.5, tokens=100), 0.25)  # answered: its cost
+    ledger.settle(ledger.open(estimate_usd=0.5, tokens=100), None)  # failed: its estimate
+    ledger.open(estimate_usd=0.125, tokens=10)  # sent, never settled (a kill): its estimate
+    ledger.close()
+    with path.open("ab") as f:
+        f.write(b'{"id":"torn","kind":"requ')  # a kill mid-write
+    again = Ledger(path)
+    assert again.total_usd() == pytest.approx(0.875) and again.paid() == 1
+    again.settle(again.open(estimate_usd=0.0, tokens=1), 0.125)  # the torn tail is cut first
+    again.close()
+    assert Ledger(path).total_usd() == pytest.approx(1.0)
+
+
+def test_a_run_from_before_the_ledger_carries_its_spending_into_it(tmp_path: Path) -> None:
+    from rmft_api.envs.scenarios import build_scenarios
+    from rmft_api.pipeline import Pipeline
+    from rmft_api.rollout import run_rollouts
+    from rmft_api.store import RunPaths
+
+    cfg = _cfg(tmp_path)
+    run = RunPaths(tmp_path / "run")
+    episodes = run.iteration(0).episodes
+    drawn = build_scenarios(cfg, split="train", count=2)
+    asyncio.run(
+        run_rollouts(
+            resolve("agent/ucb1"), drawn, cfg=cfg, iteration=0, rollouts_per_scenario=2,
+            out=episodes, sampling=SAMPLING,
+        )
+    )  # fmt: skip
+    priced = [
+        e.model_copy(update={"usage": e.usage.model_copy(update={"cost_usd": 0.25})})
+        for e in read_episodes(episodes)
+    ]
+    episodes.write_text("".join(e.model_dump_json() + "\n" for e in priced))
+    pipeline = Pipeline(cfg, run)
+    assert pipeline.ledger().total_usd() == pytest.approx(1.0)
+    pipeline.ledger().close()
+    assert Pipeline(cfg, run).ledger().total_usd() == pytest.approx(1.0)  # carried once
