@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from rmft_api.errors import ConfigError
+from rmft_api.providers.pricing import ModelPrice
 
 
 class Section(BaseModel):
@@ -839,6 +840,13 @@ class Config(Section):
         description='Fine-tuning backend: kind = "openai" | "azure" | "together" | "lora".',
     )
     azure: AzureConfig = Field(default_factory=AzureConfig)
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="USD per 1M tokens by model name, over the built-in table "
+        '(providers/pricing.py), e.g. `[prices."my-model"]` with input_per_m, output_per_m '
+        "and training_per_m; an Azure deployment is priced by its name, Together models only "
+        "from here. A capped run (budget.max_usd) whose models have no price is refused.",
+    )
     preflight: PreflightConfig = Field(default_factory=PreflightConfig)
 
     @field_validator("eval")

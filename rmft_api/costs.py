@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from rmft_api.config import Config, LoraTrainerConfig
 from rmft_api.errors import BudgetError, ConfigError
 from rmft_api.providers.pricing import PriceTable
 
@@ -109,4 +110,39 @@ def check_budget(estimate_usd: float, spent_usd: float, max_usd: float | None) -
             f"spent that makes ${after:.2f}, over budget.max_usd = ${max_usd:.2f}. Raise "
             "budget.max_usd (--set budget.max_usd=...) or make the iteration smaller "
             "(fewer scenarios or rollouts, a shorter horizon, fewer epochs)."
+        )
+
+
+def _priced_name(spec: str) -> str | None:
+    """The price-table name of a paid policy spec (openai/<model>, azure/<deployment>);
+    None for the free local ones (hf/, agent/, scripted/)."""
+    backend, _, rest = spec.partition("/")
+    return rest if backend in ("openai", "azure") and rest else None
+
+
+def check_prices(cfg: Config, *, policy: str | None = None) -> None:
+    """With budget.max_usd set, refuse (ConfigError, before anything is paid) a policy or a
+    hosted trainer whose model has no price: the cap would silently count it as $0."""
+    if cfg.budget.max_usd is None:
+        return
+    table = PriceTable(cfg.prices)
+    spec = policy or cfg.policy.spec
+    wanted: list[tuple[str, str]] = []  # (model, what is missing)
+    model = _priced_name(spec)
+    if model is not None and not table.rate(model).known:
+        wanted.append((model, "input_per_m and output_per_m"))
+    trainer = cfg.trainer
+    if not isinstance(trainer, LoraTrainerConfig):
+        base = getattr(trainer, "model", None) or model
+        if base is not None:
+            entry = cfg.prices.get(base)
+            explicit = entry is not None and entry.training_per_m is not None
+            if not explicit and table.rate(base).training_per_m == 0:
+                wanted.append((base, "training_per_m"))
+    if wanted:
+        name, missing = wanted[0]
+        raise ConfigError(
+            f"budget.max_usd is set but model {name!r} has no price, so its spending would "
+            f'count as $0: add [prices."{name}"] with {missing} (USD per 1M tokens), '
+            "or unset budget.max_usd"
         )

@@ -226,7 +226,11 @@ class Pipeline:
         raise StateError(f"state.json has an unknown phase {phase!r}")
 
     def _preflight(self, state: RunState) -> None:
-        """Refuse, before anything is paid, a run that needs a model past its shutdown."""
+        """Refuse, before anything is paid, a capped run with an unpriced model, or a run that
+        needs a model past its shutdown."""
+        from rmft_api.costs import check_prices
+
+        check_prices(self.cfg, policy=state.policies[0])
         if not self.cfg.preflight.enabled:
             return
         from rmft_api.preflight import check_preflight
@@ -256,14 +260,14 @@ class Pipeline:
 
     def _spent(self) -> float:
         """Dollars spent so far: the ledger's paid requests plus billed training."""
-        return self.ledger().total_usd() + training_spent_usd(self.run)
+        return self.ledger().total_usd() + training_spent_usd(self.run, self.cfg.prices)
 
     def _budget_left(self) -> float | None:
         """The cap the rollout guards hold the ledger's total to (they start from it), after
         billed training; BudgetError when nothing is left."""
         if self.cfg.budget.max_usd is None:
             return None
-        training = training_spent_usd(self.run)
+        training = training_spent_usd(self.run, self.cfg.prices)
         if self.cfg.budget.max_usd - training - self.ledger().total_usd() <= 0:
             raise BudgetError(
                 f"budget.max_usd = {self.cfg.budget.max_usd:.2f} is spent; raise it and resume"

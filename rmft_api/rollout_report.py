@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from rmft_api import regret
 from rmft_api.agent_plays import agent_regret
 from rmft_api.config import Config
+from rmft_api.costs import check_prices
 from rmft_api.envs.base import child_rng
 from rmft_api.envs.scenarios import Scenario, build_scenarios
 from rmft_api.errors import ConfigError
@@ -141,6 +142,7 @@ def rollout_and_compare(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     episodes_path = out_dir / "episodes.jsonl"
+    check_prices(cfg, policy=policy)
     provider = resolve_policy(cfg, spec=policy)
     cache = ResponseCache(cache_path(out_dir)) if cfg.rollout.cache else None
     ledger = Ledger(ledger_path(out_dir))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +13,7 @@ from pydantic import Field
 from rmft_api import __version__
 from rmft_api.config import Config, config_from_dict
 from rmft_api.errors import StateError
+from rmft_api.providers.pricing import ModelPrice
 from rmft_api.schema import SCHEMA_VERSION, Episode, JobRef, Record
 from rmft_api.store import RunPaths, read_json, read_jsonl, write_json_atomic
 
@@ -136,18 +137,19 @@ def requests_spent_usd(run: RunPaths) -> float:
     return total
 
 
-def training_spent_usd(run: RunPaths) -> float:
-    """Billed training of the hosted OpenAI jobs (job.json's trained tokens)."""
+def training_spent_usd(run: RunPaths, overrides: Mapping[str, ModelPrice] | None = None) -> float:
+    """Billed training of the hosted jobs (job.json's trained tokens) at the base model's
+    training rate (a fine-tuned `ft:<base>:...` is priced as its base), `[prices]` first."""
     from rmft_api.providers.pricing import PriceTable
 
     total = 0.0
-    prices = PriceTable()
+    prices = PriceTable(overrides)
     for i in run.iterations():
         paths = run.iteration(i)
         if paths.job.is_file():
             ref = read_json(paths.job, JobRef)
-            if ref.backend == "openai" and ref.trained_tokens:
-                model = ref.base_policy.removeprefix("openai/")
+            if ref.trained_tokens:
+                model = ref.base_policy.split("/", 1)[-1]  # openai/<m>, azure/<deployment>
                 total += prices.training_cost(model, tokens=ref.trained_tokens)
     return total
 

@@ -237,3 +237,75 @@ def test_a_run_from_before_the_ledger_carries_its_spending_into_it(tmp_path: Pat
     assert pipeline.ledger().total_usd() == pytest.approx(1.0)
     pipeline.ledger().close()
     assert Pipeline(cfg, run).ledger().total_usd() == pytest.approx(1.0)  # carried once
+
+
+# ---------------------------------------------------------------- item 3: prices
+
+
+def test_a_capped_run_with_an_unpriced_model_is_refused_until_prices_gives_one(
+    tmp_path: Path, start_sandbox: Callable[..., Any]
+) -> None:
+    from rmft_api.errors import ConfigError
+    from rmft_api.rollout_report import rollout_and_compare
+
+    server = start_sandbox(resolve("agent/ucb1"))
+    policy = {"spec": "openai/my-model", "base_url": server.base_url, "concurrency": 4}
+    capped = _cfg(tmp_path, policy=policy, budget={"max_usd": 1.0})
+    with pytest.raises(ConfigError, match=r"'my-model' has no price.*\[prices\.\"my-model\"\]"):
+        rollout_and_compare(capped, out_dir=tmp_path / "a", scenarios=2, rollouts=1)
+    assert server.state.completions == 0  # refused before anything was paid
+    priced = _cfg(
+        tmp_path,
+        policy=policy,
+        budget={"max_usd": 1.0},
+        prices={"my-model": {"input_per_m": 1.0, "output_per_m": 2.0, "training_per_m": 3.0}},
+    )
+    report = rollout_and_compare(priced, out_dir=tmp_path / "b", scenarios=2, rollouts=1)
+    state = server.state
+    expected = (state.prompt_tokens * 1.0 + state.completion_tokens * 2.0) / 1e6
+    assert report.summary.usage.cost_usd == pytest.approx(expected) and expected > 0
+
+
+def test_training_an_unpriced_model_under_a_cap_is_refused(tmp_path: Path) -> None:
+    from rmft_api.costs import check_prices
+    from rmft_api.errors import ConfigError
+
+    together = {"kind": "together", "model": "meta-llama/Llama-3-8b"}
+    cfg = _cfg(tmp_path, trainer=together, budget={"max_usd": 5.0})
+    with pytest.raises(ConfigError, match=r"Llama-3-8b' has no price.*training_per_m"):
+        check_prices(cfg, policy="agent/ucb1")
+    priced = _cfg(
+        tmp_path,
+        trainer=together,
+        budget={"max_usd": 5.0},
+        prices={"meta-llama/Llama-3-8b": {"input_per_m": 0.2, "output_per_m": 0.2,
+                                          "training_per_m": 0.5}},
+    )  # fmt: skip
+    check_prices(priced, policy="agent/ucb1")
+    # A fine-tuned OpenAI model is priced as its base; an Azure deployment by its name.
+    openai_cfg = _cfg(tmp_path, budget={"max_usd": 5.0})
+    check_prices(openai_cfg, policy="openai/ft:gpt-4o-mini-2024-07-18:org:rmft:abc123")
+    check_prices(openai_cfg, policy="azure/gpt-4o-mini")
+    with pytest.raises(ConfigError, match="'my-deployment' has no price"):
+        check_prices(openai_cfg, policy="azure/my-deployment")
+
+
+def test_billed_training_is_priced_by_the_base_model_and_the_config(tmp_path: Path) -> None:
+    from rmft_api.providers.pricing import ModelPrice
+    from rmft_api.run_state import training_spent_usd
+    from rmft_api.schema import JobRef
+    from rmft_api.store import RunPaths
+
+    run = RunPaths(tmp_path / "run")
+    for i, (backend, base) in enumerate(
+        [("openai", "openai/ft:gpt-4o-mini:org:rmft:x1"), ("together", "openai/my-model")]
+    ):
+        run.iteration(i).root.mkdir(parents=True)
+        ref = JobRef.model_validate(
+            {"backend": backend, "job_id": f"j{i}", "status": "succeeded", "base_policy": base,
+             "iteration": i, "trained_tokens": 1_000_000, "train_file": "train.jsonl"}
+        )  # fmt: skip
+        write_json_atomic(run.iteration(i).job, ref)
+    assert training_spent_usd(run) == pytest.approx(3.0)  # gpt-4o-mini's training rate
+    mine = {"my-model": ModelPrice(input_per_m=1, output_per_m=1, training_per_m=0.5)}
+    assert training_spent_usd(run, mine) == pytest.approx(3.5)

@@ -1,9 +1,10 @@
 """The one price table: dollars per 1M tokens for inference and training, by model.
 
-Prices are (unverified) list prices as reported in 2025-2026 (REFERENCE §4); the config can
-override any entry. A fine-tuned model `ft:<base>:<org>:<suffix>:<id>` is priced by its base's
-fine-tuned rates. Unknown models cost 0 and are flagged `known=False`, so a report can say the
-cost figure is missing rather than show a silent zero.
+Prices are (unverified) list prices as reported in 2025-2026 (REFERENCE §4); the config's
+`[prices]` section overrides or adds entries. A fine-tuned model `ft:<base>:<org>:<suffix>:<id>`
+is priced by its base's fine-tuned rates (its training by the base's training rate). Unknown
+models cost 0 and are flagged `known=False`; a capped run with one is refused before anything is
+paid (costs.check_prices), unless `[prices]` gives it a price.
 """
 
 from __future__ import annotations

@@ -149,6 +149,7 @@ def provider_options(cfg: Config) -> dict[str, Any]:
         "seed": cfg.run.seed,
         "agents": cfg.agents,
         "azure": cfg.azure,
+        "prices": cfg.prices,
         "env_kind": cfg.env.kind,
         "sigma": cfg.env.sigma,
         "templates_dir": cfg.prompt.templates_dir,
