@@ -35,6 +35,11 @@ class QuotaExhaustedError(FatalProviderError):
     """429 insufficient_quota: out of credit. Stops the run; finished work is kept."""
 
 
+class DailyLimitError(FatalProviderError):
+    """429 from a daily limit (a reset hours away): waiting in-process is pointless. Stops the
+    run cleanly; finished work is kept and a resume after the reset continues it."""
+
+
 class RequestTooLargeError(ProviderError):
     """The request alone exceeds a token limit; fails that request only."""
 

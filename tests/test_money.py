@@ -309,3 +309,39 @@ def test_billed_training_is_priced_by_the_base_model_and_the_config(tmp_path: Pa
     assert training_spent_usd(run) == pytest.approx(3.0)  # gpt-4o-mini's training rate
     mine = {"my-model": ModelPrice(input_per_m=1, output_per_m=1, training_per_m=0.5)}
     assert training_spent_usd(run, mine) == pytest.approx(3.5)
+
+
+# ---------------------------------------------------------------- low: rate-limit headers
+
+
+def test_garbage_rate_limit_headers_are_ignored_not_fatal(
+    tmp_path: Path, start_sandbox: Callable[..., Any]
+) -> None:
+    garbage = {
+        "retry-after-ms": "inf",
+        "x-ratelimit-remaining-requests": "inf",
+        "x-ratelimit-limit-requests": "nan",
+        "x-ratelimit-reset-requests": "inf",
+        "x-ratelimit-remaining-tokens": "-inf",
+        "x-ratelimit-reset-tokens": "nan",
+    }
+    plan = FaultPlan(rules=[FaultRule(fault="rate_limit", at=[2, 5], headers=garbage)])
+    server = start_sandbox(resolve("agent/ucb1"), faults=plan)
+    metrics = _evaluate(_client(server), _cfg(tmp_path), tmp_path / "eval" / "episodes.jsonl")
+    assert metrics.complete == 12 and server.state.faults.injected["rate_limit"] == 2
+
+
+def test_a_daily_rate_limit_stops_cleanly_and_the_run_resumes(
+    tmp_path: Path, start_sandbox: Callable[..., Any]
+) -> None:
+    from rmft_api.errors import DailyLimitError
+
+    plan = FaultPlan(rules=[FaultRule(fault="rate_limit", at=[30], retry_after_s=5 * 3600)])
+    server = start_sandbox(resolve("agent/ucb1"), faults=plan)
+    cfg = _cfg(tmp_path)
+    out = tmp_path / "eval" / "episodes.jsonl"
+    with pytest.raises(DailyLimitError, match=r"daily rate limit .* resets in 5.0 h"):
+        _evaluate(_client(server), cfg, out)
+    assert not any(e.status == "error" for e in read_episodes(out))  # no error episodes
+    assert _evaluate(_client(server), cfg, out).complete == 12
+    assert server.state.completions == _turns(out)

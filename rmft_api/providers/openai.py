@@ -30,6 +30,7 @@ import openai
 
 from rmft_api.errors import (
     ConfigError,
+    DailyLimitError,
     FatalProviderError,
     ProviderError,
     QuotaExhaustedError,
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # vLLM and most local servers accept any key when started without one; the SDK insists on some.
 PLACEHOLDER_KEY = "EMPTY"
+# A 429 asking for a wait this long, or naming a daily limit, stops the run instead of waiting.
+_DAILY_WAIT_S = 3600.0
+_DAILY_MARKS = ("per day", "per_day", "daily", "rpd", "tpd")
 _KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-]{6,}")
 
 
@@ -280,6 +284,13 @@ class OpenAIProvider:
         if status == 429:
             self._stats.rate_limited += 1
             wait = server_wait_s(headers, message)
+            daily = any(w in f"{code} {kind} {lowered}" for w in _DAILY_MARKS)
+            if daily or (wait is not None and wait >= _DAILY_WAIT_S):
+                reset = f"it resets in {wait / 3600:.1f} h" if wait is not None else "a daily limit"
+                return DailyLimitError(
+                    f"daily rate limit of {where} reached (429, {reset}): {message} — the run "
+                    "stops with its finished work kept; resume it after the reset"
+                )
             if wait is not None:
                 self._limiter.pause_for(min(wait, self._policy.max_server_wait_s))
             return TransientProviderError(

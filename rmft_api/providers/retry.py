@@ -8,6 +8,7 @@ seeded numpy Generator. Only `TransientProviderError` is retried; everything els
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,9 +33,11 @@ def parse_duration(text: str) -> float | None:
     if not text:
         return None
     try:
-        return max(0.0, float(text))
+        value = float(text)
     except ValueError:
         pass
+    else:  # "inf" / "nan" are garbage, not a wait
+        return max(0.0, value) if math.isfinite(value) else None
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
@@ -57,9 +60,11 @@ def server_wait_s(headers: Mapping[str, str], message: str = "") -> float | None
     """The wait a rate-limited reply asks for, most specific source first; None if it says none."""
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            value = float(ms)
         except ValueError:
-            pass
+            value = math.nan
+        if math.isfinite(value):
+            return max(0.0, value / 1000.0)
     if (ra := headers.get("retry-after")) is not None and (s := parse_retry_after(ra)) is not None:
         return s
     if (m := _TRY_AGAIN.search(message)) and (s := parse_duration(m.group(1))) is not None:
@@ -104,10 +109,12 @@ def refill_wait_s(headers: Mapping[str, str], *, tokens: int) -> float:
 
 
 def _as_int(text: str) -> int | None:
+    """An integer header value; None when it is missing or garbage (`inf`, `nan`, words)."""
     try:
-        return int(float(text))
+        value = float(text)
     except ValueError:
         return None
+    return int(value) if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
