@@ -28,6 +28,7 @@ from rmft_api.ledger import Ledger, ledger_path
 from rmft_api.rollout import read_episodes, run_rollouts
 from rmft_api.rollout_cache import ResponseCache, cache_path
 from rmft_api.rollout_progress import ProgressCallback, RolloutSummary
+from rmft_api.store import RunLock
 
 # The reference agents a rollout is compared with, by env kind.
 DEFAULT_BASELINES: dict[str, tuple[str, ...]] = {
@@ -132,7 +133,6 @@ def rollout_and_compare(
 ) -> RolloutReport:
     """Roll out `policy` (default `policy.spec`) into `out_dir`/episodes.jsonl, resuming what is
     there, and compare its regret with the classic agents on the same scenarios."""
-    from rmft_api.providers.registry import resolve_policy, sampling_params
 
     m = scenarios or cfg.rollout.scenarios
     rollouts_per_scenario = rollouts or cfg.rollout.rollouts_per_scenario
@@ -141,6 +141,25 @@ def rollout_and_compare(
     drawn = build_scenarios(cfg, split="train", count=m)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Lock first: a second `rollout --out` on the same directory would pay for the same episodes.
+    with RunLock(out_dir):
+        return _rollout_and_compare(
+            cfg, out_dir, policy, drawn, rollouts_per_scenario, iteration, progress
+        )
+
+
+def _rollout_and_compare(
+    cfg: Config,
+    out_dir: Path,
+    policy: str | None,
+    drawn: list[Scenario],
+    rollouts_per_scenario: int,
+    iteration: int,
+    progress: ProgressCallback | None,
+) -> RolloutReport:
+    from rmft_api.providers.registry import resolve_policy, sampling_params
+
+    m = len(drawn)
     episodes_path = out_dir / "episodes.jsonl"
     check_prices(cfg, policy=policy)
     provider = resolve_policy(cfg, spec=policy)

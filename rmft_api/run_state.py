@@ -15,7 +15,7 @@ from rmft_api.config import Config, config_from_dict
 from rmft_api.errors import StateError
 from rmft_api.providers.pricing import ModelPrice
 from rmft_api.schema import SCHEMA_VERSION, Episode, JobRef, Record
-from rmft_api.store import RunPaths, read_json, read_jsonl, write_json_atomic
+from rmft_api.store import RunLock, RunPaths, read_json, read_jsonl, write_json_atomic
 
 Phase = Literal["evaluate", "rollout", "select", "export", "validate", "train", "done"]
 RunStatus = Literal["running", "completed", "failed", "stopped"]
@@ -183,35 +183,9 @@ def open_run(
 
     if resume is not None:
         run = RunPaths(Path(resume))
-        stored = load_config_of(run)
-        if config_path is None and not overrides:
-            return stored, run
-        if config_path is None:
-            from rmft_api.config import apply_override, parse_override
-
-            data = stored.model_dump(mode="json")
-            for item in overrides:
-                keys, value = parse_override(item)
-                apply_override(data, keys, value)
-            new = config_from_dict(data, source="--set")
-        else:
-            new = load_config(config_path, overrides=overrides)
-        diff = config_differences(stored, new)
-        if diff and not force:
-            raise StateError(
-                f"the config differs from the one {run.root} was started with: "
-                + "; ".join(diff)
-                + " (resume without a config to keep the original, or pass --force)"
-            )
-        if diff:
-            info = load_info(run)
-            write_json_atomic(
-                run.run_json,
-                info.model_copy(
-                    update={"config": new.model_dump(mode="json"), "config_hash": new.hash()}
-                ),
-            )
-        return new, run
+        # Lock first: a run another process holds is refused before anything here is written.
+        with RunLock(run.root):
+            return _reopen_run(run, config_path, overrides=overrides, force=force)
     from rmft_api.bootstrap import resolve_bootstrap_spec
     from rmft_api.shipped import find_config
 
@@ -224,3 +198,45 @@ def open_run(
     run = create_run_dir(cfg.run.runs_dir, run_name)
     init_run(run, cfg, source=str(path), policy=policy)
     return cfg, run
+
+
+def _reopen_run(
+    run: RunPaths,
+    config_path: str | Path | None,
+    *,
+    overrides: list[str] | tuple[str, ...],
+    force: bool,
+) -> tuple[Config, RunPaths]:
+    """The config to resume `run` with (its own, or a checked new one written to run.json);
+    the caller holds the run lock."""
+    from rmft_api.config import load_config
+
+    stored = load_config_of(run)
+    if config_path is None and not overrides:
+        return stored, run
+    if config_path is None:
+        from rmft_api.config import apply_override, parse_override
+
+        data = stored.model_dump(mode="json")
+        for item in overrides:
+            keys, value = parse_override(item)
+            apply_override(data, keys, value)
+        new = config_from_dict(data, source="--set")
+    else:
+        new = load_config(config_path, overrides=overrides)
+    diff = config_differences(stored, new)
+    if diff and not force:
+        raise StateError(
+            f"the config differs from the one {run.root} was started with: "
+            + "; ".join(diff)
+            + " (resume without a config to keep the original, or pass --force)"
+        )
+    if diff:
+        info = load_info(run)
+        write_json_atomic(
+            run.run_json,
+            info.model_copy(
+                update={"config": new.model_dump(mode="json"), "config_hash": new.hash()}
+            ),
+        )
+    return new, run

@@ -165,6 +165,20 @@ def test_resume_with_a_changed_config_is_refused_unless_forced(
     assert json.loads(run.run_json.read_text())["config"]["env"]["horizon"] == 6
 
 
+def test_a_forced_resume_of_a_locked_run_is_refused_before_it_writes(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Lock first: `--resume --force` with a new config used to rewrite run.json and only then
+    find the run held by another process."""
+    _, run = open_run(write_config(tmp_path, tiny_model))
+    before = run.run_json.read_bytes()
+    with RunLock(run.root):
+        proc = cli("run", "--resume", str(run.root), "--set", "env.horizon=6", "--force")
+    assert proc.returncode == 1
+    assert "locked by pid" in proc.stderr and "Traceback" not in proc.stderr
+    assert run.run_json.read_bytes() == before
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, object]:
     """An uninterrupted run (one LoRA iteration + the final evaluation): what every interrupted
