@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 LOCK    := constraints.txt
-EXTRAS  := local,sandbox,report,dev
+EXTRAS  := local,sandbox,report,gguf,dev
 
 .PHONY: install test check lint typecheck demo sandbox-demo bench clean lock upgrade-check wheel-check
 

