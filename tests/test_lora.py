@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -330,6 +331,35 @@ def test_a_process_that_keeps_dying_is_restarted_then_failed(tiny: Path, tmp_pat
     with pytest.raises(JobFailedError, match="died 3 times"):
         wait_terminal(trainer, ref, timeout_s=20)
     assert read_json(Path(ref.job_dir or "") / "process.json", LoraProcess).restarts == 2
+
+
+def test_the_training_process_inherits_no_provider_key(tiny: Path, tmp_path: Path) -> None:
+    # The launcher writes the child's environment next to its job file, then exits.
+    dump = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[-1] + '.env', 'w'))"
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": "sk-fake-openai",
+        "AZURE_OPENAI_API_KEY": "fake-azure",
+        "TOGETHER_API_KEY": "fake-together",
+        "AZURE_OPENAI_AD_TOKEN": "fake-entra",
+        "MY_GATEWAY_API_KEY": "fake-custom",
+    }
+    trainer = LocalLoraTrainer(config(launcher=[sys.executable, "-c", dump]), env=env)
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows(2))
+    ref = trainer.submit(train, base_policy=f"hf/{tiny}", iteration=0, out_dir=tmp_path / "a")
+    seen = Path(ref.job_dir or "") / "job.json.env"
+    deadline = time.monotonic() + 30
+    child: dict[str, str] | None = None
+    while child is None and time.monotonic() < deadline:
+        try:
+            child = json.loads(seen.read_text())
+        except (OSError, ValueError):  # not written yet, or half written
+            time.sleep(0.05)
+    assert child is not None, "the launcher never ran"
+    assert "PATH" in child and child["PYTHONUNBUFFERED"] == "1"
+    leaked = [v for v in child.values() if "fake" in v]
+    assert leaked == [], leaked
+    trainer.cancel(ref)
 
 
 def test_cancel_stops_the_process_and_it_stays_cancelled(tiny: Path, tmp_path: Path) -> None:

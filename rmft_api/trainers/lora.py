@@ -66,6 +66,16 @@ def job_dir_for(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}-job"
 
 
+# Hosted providers' keys the training subprocess never needs (it trains from local files): any
+# `*_API_KEY`, Azure's Entra token and admin keys. HF_TOKEN stays: a hub model may be gated.
+_CREDENTIAL_SUFFIXES = ("_API_KEY", "_AD_TOKEN", "_ADMIN_KEY")
+
+
+def without_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the variables that hold hosted-provider credentials."""
+    return {k: v for k, v in env.items() if not k.upper().endswith(_CREDENTIAL_SUFFIXES)}
+
+
 class LocalLoraTrainer:
     """The `Trainer` protocol over a local LoRA training subprocess."""
 
@@ -77,10 +87,10 @@ class LocalLoraTrainer:
         env: Mapping[str, str] | None = None,
         cancel_grace_s: float = 10.0,
     ) -> None:
-        """`env` replaces the child's environment (default: this process's)."""
+        """`env` replaces the child's environment (default: this process's), less credentials."""
         self.config = config
         self._python = python
-        self._env = dict(os.environ if env is None else env)
+        self._env = without_credentials(os.environ if env is None else env)
         self._cancel_grace_s = cancel_grace_s
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # reaped on poll
 
