@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -47,7 +48,7 @@ class RichReporter:
         self._stop_bar()
         label = f"iter {iteration}"
         self._label = f"{label} {phase}"
-        self.console.print(f"[bold]{label}[/bold] · {phase} · [dim]{policy}[/dim]")
+        self.console.print(f"[bold]{label}[/bold] · {phase} · [dim]{escape(policy)}[/dim]")
 
     def rollout(self, progress: RolloutProgress) -> None:
         if self._progress is None:
@@ -88,11 +89,11 @@ class RichReporter:
         line = " · ".join(parts)
         if line != self._job_line:
             self._job_line = line
-            self.console.print(f"  {line}", highlight=False)
+            self.console.print(f"  {escape(line)}", highlight=False)
 
     def note(self, message: str) -> None:
         self._stop_bar()
-        self.console.print(f"  [yellow]{message}[/yellow]")
+        self.console.print(f"  [yellow]{escape(message)}[/yellow]")
 
     def close(self) -> None:
         self._stop_bar()
@@ -182,14 +183,14 @@ def render_status(report: StatusReport, console: Console | None = None) -> None:
     rows = [(str(r.index), r) for r in report.iterations]
     base = report.iterations[0].policy if report.iterations else None
     if base:
-        table.caption = f"P_0 = {base}"
+        table.caption = f"P_0 = {escape(base)}"
     if report.final is not None:
         rows.append(("final", report.final))
     for label, r in rows:
         table.add_row(
             label,
             r.phase,
-            _elide(short_policy(r.policy, base) if r.policy else "—", 36),
+            escape(_elide(short_policy(r.policy, base) if r.policy else "—", 36)),
             _fmt(r.eval_mean_regret),
             _ci(r),
             _fmt(r.baselines.get("ucb1")),
@@ -198,12 +199,12 @@ def render_status(report: StatusReport, console: Console | None = None) -> None:
             f"{r.kept}/{r.total}" if r.kept is not None else "—",
             f"{r.tokens:,}" if r.tokens is not None else "—",
             f"{r.usd:.4f}",
-            r.job_id or "—",
-            r.job_status or "—",
+            escape(r.job_id or "—"),
+            escape(r.job_status or "—"),
         )
     console.print(table)
     if report.message:
-        console.print(f"[yellow]{report.message}[/yellow]")
+        console.print(f"[yellow]{escape(report.message)}[/yellow]")
 
 
 def elapsed(start: float) -> str:

@@ -66,3 +66,49 @@ def test_a_piped_table_keeps_every_figure_whole() -> None:
         assert figure in text
     assert "succeeded" in text and "rmft-iter-003:AbCdEf12" in text
     assert f"P_0 = {BASE}" in text
+
+
+def test_names_that_look_like_markup_are_printed_as_they_are() -> None:
+    # A job id or a message is the service's text, not markup: `[/x]` used to end the print.
+    import pytest
+    from rich.errors import MarkupError
+
+    from rmft_api.console import RichReporter
+    from rmft_api.schema import JobRef
+
+    out = io.StringIO()
+    row = _row(0, BASE, 7.38).model_copy(update={"job_id": "ftjob-[/x]-[bold]1"})
+    report = StatusReport(
+        run="demo",
+        run_dir="runs/demo",
+        status="failed",
+        iteration=0,
+        phase="train",
+        message="job ftjob-[/x] failed: [red]quota[/red]",
+        config_hash="0" * 16,
+        iterations=[row],
+        final=None,
+    )
+    render_status(report, Console(file=out, width=250))
+    text = out.getvalue()
+    assert "ftjob-[/x]-[bold]1" in text and "failed: [red]quota[/red]" in text
+
+    reporter = RichReporter()
+    reporter.console = Console(file=(lines := io.StringIO()), width=250)
+    try:
+        ref = JobRef(
+            backend="openai",
+            job_id="ftjob-[/x]",
+            status="running",
+            iteration=0,
+            base_policy="openai/gpt-4o-mini",
+            train_file="iter-000/train.jsonl",
+        )
+        reporter.job(ref)
+        reporter.note("resume with [/x] in the name")
+        reporter.phase(0, "train", "openai/ft:gpt-4o-mini:[/x]")
+    except MarkupError as e:  # pragma: no cover - the failure this test guards against
+        pytest.fail(f"markup in a name broke the display: {e}")
+    printed = lines.getvalue()
+    assert "job ftjob-[/x]: running" in printed and "resume with [/x]" in printed
+    assert "openai/ft:gpt-4o-mini:[/x]" in printed
