@@ -321,6 +321,22 @@ def test_quota_exhausted_stops_and_bad_keys_are_never_shown(
         assert all(KEY not in p.read_text() for p in path.iterdir())
 
 
+def test_a_file_over_the_upload_limit_is_refused_with_its_size(
+    sandbox: Callable[..., SandboxServer], train_file: Path, tmp_path: Path
+) -> None:
+    server = sandbox(fine_tuning={"max_upload_bytes": 200})
+    with pytest.raises(openai.APIStatusError, match="limit is 200 bytes") as raw:
+        client(server).files.create(file=("big.jsonl", b"x" * 201), purpose="fine-tune")
+    assert raw.value.status_code == 413
+    with pytest.raises(openai.APIStatusError, match="limit is 200 bytes"):  # by its length
+        client(server).files.create(file=("huge.jsonl", b"x" * 100_000), purpose="fine-tune")
+    with pytest.raises(TrainingError, match="File too large"):
+        submit(tuner(server, tmp_path / "run"), train_file)
+    assert server_files(server) == [] and server_jobs(server) == []
+    small = client(server).files.create(file=("ok.jsonl", b"{}\n"), purpose="fine-tune")
+    assert small.bytes == 3
+
+
 def test_policies_it_cannot_train_are_refused(tmp_path: Path) -> None:
     config = OpenAITrainerConfig()
     trainer = OpenAIFineTuner(config, run_id="r", state_dir=tmp_path, base_url="http://127.0.0.1:9")

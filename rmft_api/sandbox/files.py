@@ -31,6 +31,7 @@ PURPOSES = frozenset(
     {"assistants", "batch", "fine-tune", "vision", "user_data", "evals", "fine-tune-results"}
 )
 DEFAULT_LIST_LIMIT = 10_000  # OpenAI's files list default (and maximum)
+_MULTIPART_SLACK = 64 * 1024  # a body's multipart headers around the file itself
 
 
 @dataclass
@@ -120,6 +121,16 @@ def invalid(message: str, *, param: str | None = None, code: str | None = None) 
     return error_reply(400, message, type_="invalid_request_error", param=param, code=code)
 
 
+def too_large(size: int, limit: int) -> Response:
+    return error_reply(
+        413,
+        f"File too large: {size:,} bytes; the limit is {limit:,} bytes",
+        type_="invalid_request_error",
+        param="file",
+        code="file_too_large",
+    )
+
+
 def not_found(kind: str, object_id: str) -> Response:
     return error_reply(
         404, f"No such {kind} object: {object_id}", type_="invalid_request_error", param="id"
@@ -170,6 +181,10 @@ def routes(state: SandboxState) -> list[Route]:
     async def upload(request: Request) -> Response:
         if (denied := missing_key_reply(request)) is not None:
             return denied
+        limit = state.settings.fine_tuning.max_upload_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
+            return too_large(int(declared), limit)  # refused before the body is read
         try:
             form = await request.form()
         except (HTTPException, MultiPartException) as e:
@@ -188,6 +203,8 @@ def routes(state: SandboxState) -> list[Route]:
             filename = upload_file.filename or "upload"
         finally:
             await form.close()
+        if len(data) > limit:  # a body sent without its length
+            return too_large(len(data), limit)
         if purpose == "fine-tune" and not filename.endswith(".jsonl"):
             return invalid("Invalid file format for Fine-Tuning API. Must be .jsonl", param="file")
         return JSONResponse(store.add(filename, purpose, data).as_json())

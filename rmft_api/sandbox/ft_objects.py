@@ -59,6 +59,11 @@ class FineTuneSettings(BaseModel):
     work_dir: str | None = Field(
         default=None, description="Uploaded files and job directories; None = a temp dir."
     )
+    max_upload_bytes: int = Field(
+        default=512 * 1024**2,
+        ge=1,
+        description="Largest file `/v1/files` accepts (OpenAI's limit: 512 MB); larger is a 413.",
+    )
     organization: str = Field(default="sandbox", description="The org part of ft: names.")
     seed: int = Field(default=0, ge=0, description="Seeds of jobs created without one.")
 
