@@ -37,6 +37,7 @@ from rmft_api.run_state import (
     load_state,
     requests_spent_usd,
     save_state,
+    state_for_resume,
     training_spent_usd,
 )
 from rmft_api.schema import Episode, JobRef
@@ -165,7 +166,7 @@ class Pipeline:
         return self._ledger
 
     async def _drive(self) -> RunState:
-        state = load_state(self.run)
+        state = state_for_resume(self.run)
         if state.status in ("failed", "stopped"):
             state = state.model_copy(update={"status": "running", "message": None})
             save_state(self.run, state)

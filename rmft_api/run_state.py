@@ -98,8 +98,34 @@ def load_config_of(run: RunPaths) -> Config:
 
 def load_state(run: RunPaths) -> RunState:
     if not run.state_json.is_file():
-        raise StateError(f"{run.root} has no state.json; it was never started")
-    return read_json(run.state_json, RunState)
+        raise StateError(
+            f"{run.root} has no state.json (never started, or moved aside): "
+            f"`rmft-api run --resume {run.root}` starts it from what is on disk"
+        )
+    try:
+        return read_json(run.state_json, RunState)
+    except StateError as e:
+        raise StateError(
+            f"{e}. Move it aside (`mv {run.state_json} {run.state_json}.corrupt`) and "
+            f"`rmft-api run --resume {run.root}`: the run starts again from iteration 0 and "
+            "re-uses every phase finished on disk (cached replies, episodes, job.json), so "
+            "nothing is paid or trained twice"
+        ) from e
+
+
+def state_for_resume(run: RunPaths) -> RunState:
+    """state.json, or — when it is missing (a kill before the first one, or moved aside after
+    corruption) — the first state of the run, from run.json: every phase re-finds its outputs."""
+    if run.state_json.is_file():
+        return load_state(run)
+    from rmft_api.bootstrap import resolve_bootstrap_spec
+    from rmft_api.fetch_model import resolve_fetched_spec
+
+    spec = load_config_of(run).policy.spec
+    first = resolve_fetched_spec(resolve_bootstrap_spec(spec))
+    state = RunState(run_id=run.run_id, policy=first, policies=[first])
+    save_state(run, state)
+    return state
 
 
 def save_state(run: RunPaths, state: RunState) -> None:

@@ -219,6 +219,25 @@ def test_killed_after_any_phase_resumes_to_the_same_result(
     assert outcome(run, 1) == reference
 
 
+def test_a_corrupt_state_json_is_recovered_by_following_the_advice(
+    tmp_path: Path, tiny_model: Path, reference: dict[str, object]
+) -> None:
+    config = write_config(tmp_path, tiny_model)
+    killed = cli("run", str(config), env={"RMFT_KILL_AFTER": "0:train"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run = only_run(tmp_path)
+    run.state_json.write_text('{"run_id": "x", "iterat')  # torn by a failing disk
+    refused = cli("run", "--resume", str(run.root))
+    assert refused.returncode != 0 and "corrupt" in refused.stderr
+    advice = " ".join(refused.stderr.split())
+    assert f"mv {run.state_json} {run.state_json}.corrupt" in advice, advice
+    run.state_json.rename(f"{run.state_json}.corrupt")  # what the advice says
+    resumed = cli("run", "--resume", str(run.root))
+    assert resumed.returncode == 0, resumed.stderr
+    assert outcome(run, 1) == reference  # the same job re-attached: nothing trained twice
+    assert load_state(run).phase == "done"
+
+
 def test_orchestrator_killed_during_training_reattaches_to_the_job(
     tmp_path: Path, tiny_model: Path, reference: dict[str, object]
 ) -> None:
