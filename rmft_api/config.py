@@ -241,7 +241,9 @@ class PolicyConfig(Section):
         description="openai: environment variable holding the key (e.g. TOGETHER_API_KEY for "
         "Together's endpoint); None = OPENAI_API_KEY. azure/<deployment> reads [azure].",
     )
-    concurrency: int = Field(default=64, ge=1, description="openai: requests in flight at most.")
+    concurrency: int = Field(
+        default=64, ge=1, le=4096, description="openai: requests in flight at most (≤ 4096)."
+    )
     rpm: int | None = Field(default=None, ge=1, description="openai: requests per minute cap.")
     tpm: int | None = Field(default=None, ge=1, description="openai: tokens per minute cap.")
     timeout_s: float = Field(default=60.0, gt=0, description="openai: per-request timeout.")
@@ -272,9 +274,11 @@ class PolicyConfig(Section):
 class RolloutConfig(Section):
     """How many episodes a rollout phase plays, and how it resumes."""
 
-    scenarios: int = Field(default=32, ge=1, description="M, scenarios per iteration.")
+    scenarios: int = Field(
+        default=32, ge=1, le=100_000, description="M, scenarios per iteration (≤ 100,000)."
+    )
     rollouts_per_scenario: int = Field(
-        default=4, ge=1, description="L, rollouts of the policy per scenario."
+        default=4, ge=1, le=1024, description="L, rollouts of the policy per scenario (≤ 1024)."
     )
     cache: bool = Field(
         default=True,
@@ -305,14 +309,32 @@ class OpenAITrainerConfig(Section):
         description="Train on all iterations' selected data so far, not this iteration's only.",
     )
     n_epochs: int | Literal["auto"] = Field(
-        default="auto", description="Epochs over the file; auto = OpenAI's rule from its size."
+        default="auto",
+        description="Epochs over the file (1–50); auto = OpenAI's rule from its size.",
     )
     batch_size: int | Literal["auto"] = Field(
-        default="auto", description="Examples per step; auto = chosen by the service."
+        default="auto", description="Examples per step (1–256); auto = chosen by the service."
     )
     learning_rate_multiplier: float | Literal["auto"] = Field(
-        default="auto", description="Multiplier of the service's base learning rate."
+        default="auto", description="Multiplier (> 0) of the service's base learning rate."
     )
+
+    @field_validator("n_epochs", "batch_size", "learning_rate_multiplier")
+    @classmethod
+    def _check_hyperparameter(cls, value: Any, info: ValidationInfo) -> Any:
+        # Refused here rather than by the service after the upload was paid for.
+        low, high = {"n_epochs": (1, 50), "batch_size": (1, 256)}.get(
+            info.field_name or "", (0, 100)
+        )
+        if value == "auto":
+            return value
+        if info.field_name == "learning_rate_multiplier":
+            if not 0 < value <= high:
+                raise ValueError(f'must be > 0 and ≤ {high} (or "auto"), got {value}')
+        elif not low <= value <= high:
+            raise ValueError(f'must be {low}–{high} (or "auto"), got {value}')
+        return value
+
     suffix: str | None = Field(
         default=None,
         max_length=64,
@@ -780,13 +802,36 @@ def grid_variant_sections(
     return new_env, new_prompt
 
 
+def _applicable_baselines(value: EvalConfig, kind: str) -> EvalConfig:
+    """eval.baselines checked against env.kind now, not after paid rollouts: a name given that
+    cannot play this env is an error; defaults that do not apply (ucb1 under fol) are dropped."""
+    from rmft_api.agents.registry import agent_names
+
+    allowed = agent_names(kind)
+    if "baselines" not in value.model_fields_set:
+        kept = [name for name in value.baselines if name in allowed]
+        return value if kept == value.baselines else value.model_copy(update={"baselines": kept})
+    wrong = [name for name in value.baselines if name not in allowed]
+    if wrong:
+        raise ValueError(
+            f"eval.baselines: {', '.join(map(repr, wrong))} cannot play env.kind = {kind!r}; "
+            f"use names from: {', '.join(allowed)}"
+        )
+    return value
+
+
 class EvalConfig(Section):
     """Held-out evaluation of every iteration's policy (evaluate.py)."""
 
     scenarios: int = Field(
-        default=64, ge=0, description="Held-out scenarios (seeds disjoint from training)."
+        default=64,
+        ge=0,
+        le=100_000,
+        description="Held-out scenarios (seeds disjoint from training; ≤ 100,000).",
     )
-    rollouts_per_scenario: int = Field(default=1, ge=1, description="Episodes per scenario.")
+    rollouts_per_scenario: int = Field(
+        default=1, ge=1, le=1024, description="Episodes per scenario (≤ 1024)."
+    )
     baselines: list[str] = Field(
         default_factory=lambda: ["ucb1", "thompson", "greedy", "uniform"],
         description="Classic agents run on the same held-out draws.",
@@ -834,7 +879,7 @@ class Config(Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     iterations: IterationsConfig = Field(default_factory=IterationsConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig, validate_default=True)
     trainer: TrainerConfig = Field(
         default_factory=OpenAITrainerConfig,
         description='Fine-tuning backend: kind = "openai" | "azure" | "together" | "lora".',
@@ -857,6 +902,8 @@ class Config(Section):
         if isinstance(env, EnvConfig) and isinstance(prompt, PromptConfig):
             for variant in value.grid:
                 grid_variant_sections(env, prompt, variant)
+        if isinstance(env, EnvConfig):
+            value = _applicable_baselines(value, env.kind)
         return value
 
     def hash(self) -> str:

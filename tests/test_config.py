@@ -43,6 +43,20 @@ def test_config_is_frozen() -> None:
         ('prompt.history="all"', ["prompt.history", '"all"', "'summarized'"]),
         ("agents.epsilon=1.5", ["agents.epsilon", "1.5", "less than or equal to 1"]),
         ('run.seed="abc"', ["run.seed", '"abc"', "integer"]),
+        # Refused before anything is paid (issue 14): values the trainer or the evaluation would
+        # reject only after rollouts and uploads, and sizes that cannot fit in memory.
+        ('trainer={kind="openai", n_epochs=0}', ["trainer.openai.n_epochs", "1–50"]),
+        ('trainer={kind="azure", batch_size=0}', ["trainer.azure.batch_size", "1–256"]),
+        (
+            'trainer={kind="openai", learning_rate_multiplier=-0.1}',
+            ["learning_rate_multiplier", "> 0"],
+        ),
+        ('trainer={kind="lora", learning_rate=-1e-4}', ["trainer.lora.learning_rate", "greater"]),
+        ('eval.baselines=["ucb1","ucb2"]', ["eval.baselines", "'ucb2'", "ucb1, thompson"]),
+        ("rollout.scenarios=1000000000", ["rollout.scenarios", "100000"]),
+        ("rollout.rollouts_per_scenario=100000", ["rollout.rollouts_per_scenario", "1024"]),
+        ("eval.scenarios=1000000000", ["eval.scenarios", "100000"]),
+        ("policy.concurrency=1000000", ["policy.concurrency", "4096"]),
     ],
 )
 def test_each_mistake_is_one_line_naming_the_key(override: str, must_contain: list[str]) -> None:
@@ -87,3 +101,10 @@ def test_cli_config_error_exit_code_2(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "env.kind" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_default_baselines_that_cannot_play_the_env_are_dropped_named_ones_refused() -> None:
+    experts = load_config(overrides=['env.kind="fol"'])
+    assert experts.eval.baselines == ["uniform"]  # ucb1, thompson, greedy: bandit agents
+    with pytest.raises(ConfigError, match=r"'ucb1' cannot play env\.kind = 'fol'"):
+        load_config(overrides=['env.kind="fol"', 'eval.baselines=["ucb1"]'])
