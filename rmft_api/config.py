@@ -25,12 +25,30 @@ from pydantic import (
 
 from rmft_api.errors import ConfigError
 from rmft_api.providers.pricing import ModelPrice
+from rmft_api.redact import check_url, redact_urls
 
 
 class Section(BaseModel):
     """Base of every config section: frozen, unknown keys rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="after")
+    def _no_credentials_in_urls(self) -> Self:
+        # A key inside a URL would be written to run.json, episodes and logs: refused, and the
+        # error shows the URL with the credential masked (the section is reported, not the value).
+        for name in _URL_FIELDS & set(type(self).model_fields):
+            value = getattr(self, name)
+            for url in value if isinstance(value, list) else [value]:
+                if isinstance(url, str):
+                    try:
+                        check_url(url)
+                    except ValueError as e:
+                        raise ValueError(f"{name}: {e}") from None
+        return self
+
+
+_URL_FIELDS = frozenset({"base_url", "base_urls", "endpoint"})
 
 
 # Named instances of REFERENCE §2 (Krishnamurthy et al. 2024). A preset fills the keys the user
@@ -933,7 +951,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
         return f"unknown key '{key}'{hint}"
     got = err.get("input")
-    shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a table"
+    shown = redact_urls(json.dumps(got, default=str)) if not isinstance(got, dict) else "a table"
     msg = str(err["msg"]).removeprefix("Value error, ")
     return f"key '{key}': got {shown}; {msg}"
 

@@ -108,3 +108,43 @@ def test_default_baselines_that_cannot_play_the_env_are_dropped_named_ones_refus
     assert experts.eval.baselines == ["uniform"]  # ucb1, thompson, greedy: bandit agents
     with pytest.raises(ConfigError, match=r"'ucb1' cannot play env\.kind = 'fol'"):
         load_config(overrides=['env.kind="fol"', 'eval.baselines=["ucb1"]'])
+
+
+SECRET = "sk-proj-FAKE0123456789secret"
+
+
+@pytest.mark.parametrize(
+    ("override", "shown"),
+    [
+        (f'policy.base_url="https://bob:{SECRET}@api.example.com/v1"', "https://***@api.example"),
+        (f'policy.base_urls=["http://127.0.0.1:8000/v1?api-key={SECRET}"]', "?api-key=***"),
+        (f'trainer={{kind="openai", base_url="https://h/v1?token={SECRET}"}}', "?token=***"),
+        (f'trainer={{kind="together", base_url="https://{SECRET}@api.together.ai"}}', "***@"),
+        (f'azure.endpoint="https://x.openai.azure.com/?sig={SECRET}"', "?sig=***"),
+    ],
+)
+def test_a_credential_inside_a_url_is_refused_without_being_shown(
+    override: str, shown: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    message = str(info.value)
+    assert SECRET not in message and shown in message and "api_key_env" in message
+
+
+def test_a_run_with_a_key_in_its_url_writes_nothing_and_prints_no_key(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "rmft_api.cli", "run", "sandbox"),
+            *("--set", f"run.runs_dir={str(runs)!r}"),
+            *("--set", f'policy.base_url="http://user:{SECRET}@127.0.0.1:9/v1"'),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "base_url" in proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+    assert not runs.exists() or not any(SECRET in p.read_text() for p in runs.rglob("*.json*"))
