@@ -6,6 +6,7 @@ Heavy modules (torch, transformers, openai) are imported inside the commands tha
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -363,7 +364,9 @@ def numeric(
     cfg = default_numeric_config(
         "fol" if env == "fol" else "mab", overrides=overrides, iterations=iterations, seed=seed
     )
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if not logging.getLogger().handlers:  # called without main() (tests, CliRunner)
+        logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.INFO)
     from rmft_api.numeric.experiment import run_numeric
     from rmft_api.numeric.report import render_numeric
 
@@ -395,9 +398,11 @@ def rollout(
     import json
 
     from rmft_api.config import load_config
+    from rmft_api.error_log import WorkingRun
     from rmft_api.rollout_report import rollout_and_compare
 
     cfg = load_config(config, overrides=list(set_ or []))
+    WorkingRun.set(out)
     with _RolloutProgressView() as view:
         report = rollout_and_compare(
             cfg, out_dir=out, policy=policy, scenarios=scenarios, rollouts=rollouts, progress=view
@@ -499,10 +504,13 @@ def run(
 ) -> None:
     """Run Iterative RMFT: rollout → select → export → validate → train, per iteration."""
     from rmft_api.console import RichReporter, pretraining_progress, render_status
+    from rmft_api.error_log import WorkingRun
     from rmft_api.pipeline import Pipeline
     from rmft_api.run_state import open_run
     from rmft_api.run_status import run_status
 
+    if resume is not None:
+        WorkingRun.set(resume)
     with pretraining_progress() as on_step:
         cfg, run_paths = open_run(
             config,
@@ -512,6 +520,7 @@ def run(
             force=force,
             on_bootstrap_step=on_step,
         )
+    WorkingRun.set(run_paths.root)
     reporter = RichReporter()
     reporter.console.print(f"run directory: {run_paths.root}")
     try:
@@ -739,15 +748,44 @@ def fetch_model_cmd(
 
 
 def main() -> None:
-    """Console entry point: run the app, turning RmftError into a one-line message."""
+    """Console entry point: run the app; every error ends as one line on stderr, scrubbed.
+
+    An RmftError is expected and its message says what to do. Anything else is unexpected: its
+    traceback goes to the run's error.log (the pipeline has already marked the run failed).
+    """
+    from rmft_api.credentials import ScrubFilter, scrub
+    from rmft_api.error_log import WorkingRun, one_line, write_error_log
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(ScrubFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
     try:
         app()
     except RmftError as e:
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {_first_lines(scrub(e))}", err=True, fg=typer.colors.RED)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         typer.secho("interrupted; state written so far is kept", err=True)
         sys.exit(130)
+    except Exception as e:
+        try:
+            where = f"the traceback is in {write_error_log(e, WorkingRun.directory)}"
+        except OSError as log_error:
+            where = f"no traceback written ({one_line(log_error)})"
+        typer.secho(
+            f"error: unexpected {one_line(e)}; {where} (a bug: please report it)",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        sys.exit(1)
+
+
+def _first_lines(text: str, limit: int = 2000) -> str:
+    # An error message is meant to be one line; a runaway one (a server's HTML page) is cut.
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,9 +25,13 @@ from pydantic import (
     model_validator,
 )
 
+from rmft_api.credentials import check_env_name, scrub
 from rmft_api.errors import ConfigError
 from rmft_api.providers.pricing import ModelPrice
-from rmft_api.redact import check_url, redact_urls
+from rmft_api.redact import check_url
+
+# The name of an environment variable holding a credential; a key typed here is refused unseen.
+EnvName = Annotated[str, AfterValidator(check_env_name)]
 
 
 class Section(BaseModel):
@@ -254,7 +260,7 @@ class PolicyConfig(Section):
     base_urls: list[str] = Field(
         default_factory=list, description="openai: several replicas, requests spread over them."
     )
-    api_key_env: str | None = Field(
+    api_key_env: EnvName | None = Field(
         default=None,
         description="openai: environment variable holding the key (e.g. TOGETHER_API_KEY for "
         "Together's endpoint); None = OPENAI_API_KEY. azure/<deployment> reads [azure].",
@@ -364,7 +370,7 @@ class OpenAITrainerConfig(Section):
         description="Fine-tuning endpoint (any OpenAI-compatible service); None = policy.base_url, "
         "else api.openai.com.",
     )
-    api_key_env: str = Field(
+    api_key_env: EnvName = Field(
         default="OPENAI_API_KEY", description="Environment variable holding the API key."
     )
     seed: int = Field(
@@ -491,7 +497,7 @@ class AzureTrainerConfig(OpenAITrainerConfig):
         "gpt-4o-mini-2024-07-18); later iterations continue the previous fine-tuned model "
         "(init_from = previous). Required.",
     )
-    api_key_env: str = Field(
+    api_key_env: EnvName = Field(
         default="AZURE_OPENAI_API_KEY",
         description="Unused for Azure: the key or Entra token is read as `[azure]` says.",
     )
@@ -574,7 +580,7 @@ class TogetherTrainerConfig(Section):
         default="https://api.together.ai",
         description="Together API root (the SDK adds /v1/...); the chat endpoint is <root>/v1.",
     )
-    api_key_env: str = Field(
+    api_key_env: EnvName = Field(
         default="TOGETHER_API_KEY", description="Environment variable holding the API key."
     )
     seed: int = Field(default=0, ge=0, description="random_seed of the job, mixed with iteration.")
@@ -609,11 +615,11 @@ class AzureConfig(Section):
         "from ad_token_env (e.g. `az account get-access-token --resource "
         "https://cognitiveservices.azure.com`).",
     )
-    api_key_env: str | None = Field(
+    api_key_env: EnvName | None = Field(
         default=None,
         description="Environment variable holding the key; None = AZURE_OPENAI_API_KEY.",
     )
-    ad_token_env: str = Field(
+    ad_token_env: EnvName = Field(
         default="AZURE_OPENAI_AD_TOKEN", description="Environment variable holding the token."
     )
     subscription_id: str | None = Field(default=None, description="Control plane: subscription.")
@@ -635,7 +641,7 @@ class AzureConfig(Section):
             return self.ad_token_env
         return self.api_key_env or "AZURE_OPENAI_API_KEY"
 
-    management_token_env: str = Field(
+    management_token_env: EnvName = Field(
         default="AZURE_MANAGEMENT_TOKEN",
         description="Environment variable holding an Entra token for the control plane "
         "(`az account get-access-token --resource https://management.azure.com`).",
@@ -924,6 +930,24 @@ class Config(Section):
             value = _applicable_baselines(value, env.kind)
         return value
 
+    def credential_envs(self) -> set[str]:
+        """Every environment variable this config reads a credential from (its `*_env` fields,
+        the defaults of those left unset included)."""
+
+        def walk(tree: Any) -> Iterator[str]:
+            if isinstance(tree, dict):
+                for key, value in tree.items():
+                    if key.endswith("_env") and isinstance(value, str):
+                        yield value
+                    else:
+                        yield from walk(value)
+            elif isinstance(tree, list):
+                for value in tree:
+                    yield from walk(value)
+
+        names = set(walk(self.model_dump(mode="json")))
+        return names | {"OPENAI_API_KEY", self.azure.credential_env}
+
     def hash(self) -> str:
         """A stable hash of the resolved config (sha256 of its canonical JSON), 16 hex chars."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -945,13 +969,20 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
 
 def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
     loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and "[" in x))
+    if len(loc) > 2 and loc[0] == "trainer":  # pydantic puts the union's tag in: trainer.lora.r
+        loc = (loc[0], *loc[2:])
     key = _format_loc(loc)
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
         return f"unknown key '{key}'{hint}"
     got = err.get("input")
-    shown = redact_urls(json.dumps(got, default=str)) if not isinstance(got, dict) else "a table"
+    if key.endswith("_env"):  # a key pasted into a variable's name is never echoed
+        shown = "a value (not shown)"
+    elif isinstance(got, dict):
+        shown = "a table"
+    else:
+        shown = scrub(json.dumps(got, default=str))
     msg = str(err["msg"]).removeprefix("Value error, ")
     return f"key '{key}': got {shown}; {msg}"
 

@@ -35,7 +35,11 @@ Unknown keys are errors, and every error names the key, the bad value and what i
 can be overridden on the command line with `--set section.key=value` (the value is read as TOML:
 `--set env.horizon=200`, `--set 'prompt.contexts=["buttons"]'`). Secrets are never config keys: the
 OpenAI key comes from the environment (`OPENAI_API_KEY`, or the variable named by
-`trainer.api_key_env`) and is never written to the run directory.
+`trainer.api_key_env`) and is never written to the run directory. Every `*_env` key takes the
+*name* of a variable: a key typed there is refused (without being shown), and so is a key in the
+environment that holds a line break, a space or a non-ASCII character. A URL carrying a
+credential (`https://user:key@host`, `?api-key=...`) is refused; every text a run writes (episodes,
+state.json, error.log, logs, the terminal) is scrubbed of keys and URL credentials.
 """
 
 

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from rmft_api.credentials import scrub
 from rmft_api.evaluate import RegretSummary
 from rmft_api.rollout_progress import RolloutProgress
 from rmft_api.run_state import Phase
@@ -93,7 +94,7 @@ class RichReporter:
 
     def note(self, message: str) -> None:
         self._stop_bar()
-        self.console.print(f"  [yellow]{escape(message)}[/yellow]")
+        self.console.print(f"  [yellow]{escape(scrub(message))}[/yellow]")
 
     def close(self) -> None:
         self._stop_bar()

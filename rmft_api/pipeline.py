@@ -27,6 +27,7 @@ from rmft_api.config import (
     TogetherTrainerConfig,
 )
 from rmft_api.envs.scenarios import Scenario, build_scenarios
+from rmft_api.error_log import one_line, write_error_log
 from rmft_api.errors import BudgetError, RmftError, StateError, TrainingError
 from rmft_api.ledger import Ledger, ledger_path
 from rmft_api.providers.base import Provider
@@ -87,10 +88,13 @@ class SilentReporter:
 
 def _crash_point(state: RunState) -> None:
     """Fault injection for the crash tests: RMFT_KILL_AFTER="<iteration>:<phase>" SIGKILLs this
-    process after that phase's outputs are on disk but before state.json records it done."""
-    target = os.environ.get("RMFT_KILL_AFTER")
-    if target and target == f"{state.iteration}:{state.phase}":
+    process after that phase's outputs are on disk but before state.json records it done;
+    RMFT_FAIL_AFTER="<iteration>:<phase>" raises an exception nothing expects there instead."""
+    here = f"{state.iteration}:{state.phase}"
+    if os.environ.get("RMFT_KILL_AFTER") == here:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("RMFT_FAIL_AFTER") == here:
+        raise RuntimeError(f"injected fault after {here} (RMFT_FAIL_AFTER)")
 
 
 def build_trainer(cfg: Config, run: RunPaths) -> Trainer:
@@ -98,7 +102,7 @@ def build_trainer(cfg: Config, run: RunPaths) -> Trainer:
     if isinstance(cfg.trainer, LoraTrainerConfig):
         from rmft_api.trainers.lora import LocalLoraTrainer
 
-        return LocalLoraTrainer(cfg.trainer)
+        return LocalLoraTrainer(cfg.trainer, key_envs=cfg.credential_envs())
     if isinstance(cfg.trainer, AzureTrainerConfig):
         from rmft_api.trainers.azure_ft import AzureFineTuner
 
@@ -183,6 +187,11 @@ class Pipeline:
                 "stopped" if isinstance(e, BudgetError) else "failed"
             )
             save_state(self.run, state.model_copy(update={"status": status, "message": str(e)}))
+            raise
+        except Exception as e:  # a bug or an unforeseen failure: failed, traceback on disk
+            log_path = write_error_log(e, self.run.root)
+            message = f"unexpected {one_line(e)} (traceback in {log_path})"
+            save_state(self.run, state.model_copy(update={"status": "failed", "message": message}))
             raise
         finally:
             await self._close_providers()

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pydantic import BaseModel, ConfigDict
 
 from rmft_api.config import AzureTrainerConfig, Config, OpenAITrainerConfig
+from rmft_api.credentials import scrub_url
 from rmft_api.errors import ConfigError, ProviderError, RmftError, TrainingUnavailableError
 
 log = logging.getLogger(__name__)
@@ -174,22 +175,23 @@ def run_preflight(
     checks: list[ModelCheck] = []
     notes: list[str] = []
     for url, models in needed_models(cfg, policy).items():
+        shown = scrub_url(url)  # reports and notes never carry a user:key@ or ?api-key=
         try:
             listed = lister(url)
         except RmftError as e:
-            notes.append(f"{url}: could not read the model list ({e}); shutdown dates unchecked")
+            notes.append(f"{shown}: could not read the model list ({e}); shutdown dates unchecked")
             continue
         for model in models:
             entry = model if model in listed else root_base(model)
             found = entry if entry in listed else None
             date = parse_shutdown(listed.get(entry)) if found else None
             if found is None:
-                notes.append(f"{model}: not listed by {url}/models; no shutdown date known")
+                notes.append(f"{model}: not listed by {shown}/models; no shutdown date known")
             checks.append(
                 ModelCheck(
                     model=model,
                     listed_as=found,
-                    base_url=url,
+                    base_url=shown,
                     shutdown_date=date,
                     needed_until=needed_until,
                 )

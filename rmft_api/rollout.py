@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from rmft_api.config import Config
+from rmft_api.credentials import scrub
 from rmft_api.envs.base import child_rng
 from rmft_api.envs.scenarios import Scenario
 from rmft_api.envs.templates import TemplateSet, load_templates
@@ -184,7 +185,7 @@ class _Engine:
             policy_spec=self.provider.spec,
             usage=play.usage,
             status=status,
-            error=error,
+            error=None if error is None else scrub(error),  # no key reaches episodes.jsonl
         )
         self.writer.write(episode)
         self.written += 1

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from rmft_api import __version__
 from rmft_api.config import Config, config_from_dict
+from rmft_api.credentials import scrub
 from rmft_api.errors import StateError
 from rmft_api.providers.pricing import ModelPrice
 from rmft_api.schema import SCHEMA_VERSION, Episode, JobRef, Record
@@ -129,7 +130,10 @@ def state_for_resume(run: RunPaths) -> RunState:
 
 
 def save_state(run: RunPaths, state: RunState) -> None:
-    write_json_atomic(run.state_json, state.model_copy(update={"updated_at": time.time()}))
+    update: dict[str, Any] = {"updated_at": time.time()}
+    if state.message is not None:  # error messages quote servers and URLs: no key gets in
+        update["message"] = scrub(state.message)
+    write_json_atomic(run.state_json, state.model_copy(update=update))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -343,8 +343,13 @@ def test_the_training_process_inherits_no_provider_key(tiny: Path, tmp_path: Pat
         "TOGETHER_API_KEY": "fake-together",
         "AZURE_OPENAI_AD_TOKEN": "fake-entra",
         "MY_GATEWAY_API_KEY": "fake-custom",
+        "LLM_GATEWAY": "fake-named-by-the-config",  # policy.api_key_env below
     }
-    trainer = LocalLoraTrainer(config(launcher=[sys.executable, "-c", dump]), env=env)
+    from rmft_api.config import config_from_dict
+
+    key_envs = config_from_dict({"policy": {"api_key_env": "LLM_GATEWAY"}}).credential_envs()
+    launcher = [sys.executable, "-c", dump]
+    trainer = LocalLoraTrainer(config(launcher=launcher), env=env, key_envs=key_envs)
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows(2))
     ref = trainer.submit(train, base_policy=f"hf/{tiny}", iteration=0, out_dir=tmp_path / "a")
     seen = Path(ref.job_dir or "") / "job.json.env"

@@ -7,13 +7,13 @@ read from the environment as `[azure]` says (`azure_credential`), never from the
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlparse
 
 import openai
 
 from rmft_api.config import AzureConfig
+from rmft_api.credentials import read_secret
 from rmft_api.errors import ConfigError
 from rmft_api.providers.http_pool import ShardedTransport
 from rmft_api.providers.openai import OpenAIProvider
@@ -35,7 +35,7 @@ def azure_endpoint(azure: AzureConfig) -> str:
 def azure_credential(azure: AzureConfig) -> dict[str, str]:
     """`{"api_key": ...}` or `{"azure_ad_token": ...}` for the SDK's Azure client."""
     env = azure.credential_env
-    value = os.environ.get(env, "").strip()
+    value = read_secret(env)
     if not value:
         how = (
             "the resource's key"

@@ -7,7 +7,8 @@ QuotaExhaustedError (stop the run), "request too large" fails that request only.
 fatal. A request still failing after its attempts becomes an error Completion (ends one episode).
 
 The API key comes only from the environment (`api_key_env`, default OPENAI_API_KEY); error texts
-are scrubbed of it. Servers that need no key (vLLM, the sandbox) get a placeholder.
+are scrubbed of it and of credentials in the URL (credentials.py). Servers that need no key (vLLM,
+the sandbox) get a placeholder.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
-import re
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import httpx2
 import numpy as np
 import openai
 
+from rmft_api.credentials import read_secret, scrub, scrub_url
 from rmft_api.errors import (
     ConfigError,
     DailyLimitError,
@@ -58,7 +58,6 @@ PLACEHOLDER_KEY = "EMPTY"
 # A 429 asking for a wait this long, or naming a daily limit, stops the run instead of waiting.
 _DAILY_WAIT_S = 3600.0
 _DAILY_MARKS = ("per day", "per_day", "daily", "rpd", "tpd")
-_KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-]{6,}")
 
 
 @dataclass
@@ -197,7 +196,7 @@ class OpenAIProvider:
         except (TransientProviderError, RequestTooLargeError) as e:
             self._stats.failed += 1
             log.warning("request %s failed for good: %s", request_id, e)
-            return Completion(error=str(e), latency_s=time.monotonic() - started)
+            return Completion(error=scrub(e), latency_s=time.monotonic() - started)
         completion.latency_s = time.monotonic() - started
         self._account(completion)
         return completion
@@ -223,6 +222,7 @@ class OpenAIProvider:
         self, url: str, chat: Sequence[Message], sampling: SamplingParams, tokens: int
     ) -> Completion:
         client = self._client(url)
+        where = scrub_url(url)  # what messages show: no user:key@, no ?api-key=
         try:
             # The request body goes out as ready JSON bytes and the reply comes back as the raw
             # HTTP response: the SDK's typed `create` walks every message of the chat with typing
@@ -236,17 +236,15 @@ class OpenAIProvider:
                 cast_to=httpx2.Response,
             )
         except openai.APIStatusError as e:
-            raise self._classify_status(e, url) from e
+            raise self._classify_status(e, where) from e
         except openai.APITimeoutError as e:
-            raise TransientProviderError(f"timed out after {self._timeout_s:g}s at {url}") from e
+            raise TransientProviderError(f"timed out after {self._timeout_s:g}s at {where}") from e
         except openai.APIConnectionError as e:
-            raise TransientProviderError(
-                f"connection to {url} failed: {self._scrub(_cause(e))}"
-            ) from e
+            raise TransientProviderError(f"connection to {where} failed: {scrub(_cause(e))}") from e
         except openai.APIError as e:  # bodies the SDK could not read
-            raise TransientProviderError(f"malformed response from {url}: {self._scrub(e)}") from e
+            raise TransientProviderError(f"malformed response from {where}: {scrub(e)}") from e
         except openai.OpenAIError as e:
-            raise FatalProviderError(f"OpenAI client error at {url}: {self._scrub(e)}") from e
+            raise FatalProviderError(f"OpenAI client error at {where}: {scrub(e)}") from e
         self._observe_headers(response.headers, tokens)
         try:
             return completion_from_json(json.loads(response.content))
@@ -254,13 +252,14 @@ class OpenAIProvider:
             # Invalid JSON (json.JSONDecodeError is a ValueError), invalid UTF-8, or a body that
             # is not a chat completion.
             raise TransientProviderError(
-                f"malformed response from {url}: {type(e).__name__}: {self._scrub(e)}"[:300]
+                f"malformed response from {where}: {type(e).__name__}: {scrub(e)}"[:300]
             ) from e
 
     def _classify_status(self, e: openai.APIStatusError, url: str) -> ProviderError:
+        """The error for an HTTP status; `url` is already scrubbed."""
         status = e.status_code
         body = e.body if isinstance(e.body, Mapping) else {}
-        message = self._scrub(str(body.get("message") or e.message))
+        message = scrub(str(body.get("message") or e.message))
         code = str(body.get("code") or "")
         kind = str(body.get("type") or "")
         headers = e.response.headers
@@ -371,22 +370,16 @@ class OpenAIProvider:
         self._next_replica += 1
         return self._replicas[i:] + self._replicas[:i]
 
-    def _scrub(self, e: object) -> str:
-        text = str(e)
-        if len(self._api_key) >= 4:
-            text = text.replace(self._api_key, "***")
-        return _KEY_PATTERN.sub("sk-***", text)
-
 
 def _read_api_key(env: str, urls: Sequence[str]) -> str:
-    key = os.environ.get(env, "").strip()
+    key = read_secret(env)
     if key:
         return key
     hosted = [u for u in urls if (urlparse(u).hostname or "").endswith("openai.com")]
     if hosted:
         raise ConfigError(
-            f"{env} is not set: export your API key to use {hosted[0]}, or set policy.base_url "
-            "to an OpenAI-compatible server (vLLM, `rmft-api sandbox`)"
+            f"{env} is not set: export your API key to use {scrub_url(hosted[0])}, or set "
+            "policy.base_url to an OpenAI-compatible server (vLLM, `rmft-api sandbox`)"
         )
     return PLACEHOLDER_KEY
 

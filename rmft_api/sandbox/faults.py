@@ -86,6 +86,11 @@ class FaultRule(BaseModel):
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra response headers, e.g. x-ratelimit-reset-*."
     )
+    message: str | None = Field(
+        default=None,
+        description="server_error / unavailable: the error message sent instead of the usual "
+        "(e.g. one quoting a URL, to test that clients scrub it).",
+    )
 
 
 class JobFaultRule(BaseModel):

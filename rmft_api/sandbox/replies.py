@@ -97,12 +97,12 @@ def fault_reply(rule: FaultRule, *, model: str, api_key: str) -> Response:
         )
     if fault == "server_error":
         msg = "The server had an error while processing your request. Sorry about that!"
-        return error_reply(500, msg, type_="server_error", headers=extra)
+        return error_reply(500, rule.message or msg, type_="server_error", headers=extra)
     if fault == "unavailable":
         if rule.retry_after_s is not None:
             extra = {**extra, **retry_headers(rule.retry_after_s)}
         msg = "The engine is currently overloaded, please try again later."
-        return error_reply(503, msg, type_="server_error", headers=extra)
+        return error_reply(503, rule.message or msg, type_="server_error", headers=extra)
     if fault == "malformed":
         return Response(MALFORMED_BODY, status_code=200, media_type="application/json")
     if fault == "unauthorized":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from rmft_api.config import AzureConfig
+from rmft_api.credentials import read_secret, scrub
 from rmft_api.errors import (
     ConfigError,
     QuotaExhaustedError,
@@ -115,7 +115,7 @@ class ControlPlane:
                 f"azure.{', azure.'.join(missing)} not set: the deployment step needs the "
                 "account's subscription, resource group and name"
             )
-        self._token = os.environ.get(azure.management_token_env, "").strip()
+        self._token = read_secret(azure.management_token_env) or ""
         if not self._token:
             raise ConfigError(
                 f"{azure.management_token_env} is not set: export an Entra token for the "
@@ -163,7 +163,7 @@ class ControlPlane:
             try:
                 response = self._http.request(method, url, params=params, **kwargs)
             except httpx2.HTTPError as e:
-                error: RmftError = TransientProviderError(f"{what}: {type(e).__name__}: {e}")
+                error: RmftError = TransientProviderError(f"{what}: {type(e).__name__}: {scrub(e)}")
             else:
                 if response.status_code == 404 and method in ("GET", "DELETE"):
                     return None
@@ -180,7 +180,7 @@ class ControlPlane:
         except ValueError:
             body = {}
         code = str(body.get("code") or "")
-        message = str(body.get("message") or response.text)[:300].replace(self._token, "***")
+        message = scrub(str(body.get("message") or response.text)[:300])
         status = response.status_code
         if code == "InsufficientQuota":
             return QuotaExhaustedError(

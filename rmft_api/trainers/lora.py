@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +71,16 @@ def job_dir_for(out_dir: Path) -> Path:
 _CREDENTIAL_SUFFIXES = ("_API_KEY", "_AD_TOKEN", "_ADMIN_KEY")
 
 
-def without_credentials(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` without the variables that hold hosted-provider credentials."""
-    return {k: v for k, v in env.items() if not k.upper().endswith(_CREDENTIAL_SUFFIXES)}
+def without_credentials(
+    env: Mapping[str, str], *, key_envs: Collection[str] = ()
+) -> dict[str, str]:
+    """`env` without the variables that hold hosted-provider credentials: those named like one
+    and those the config reads keys from (`key_envs`, e.g. policy.api_key_env = "GATEWAY")."""
+    return {
+        k: v
+        for k, v in env.items()
+        if not k.upper().endswith(_CREDENTIAL_SUFFIXES) and k not in key_envs
+    }
 
 
 class LocalLoraTrainer:
@@ -85,12 +92,14 @@ class LocalLoraTrainer:
         *,
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
+        key_envs: Collection[str] = (),
         cancel_grace_s: float = 10.0,
     ) -> None:
-        """`env` replaces the child's environment (default: this process's), less credentials."""
+        """`env` replaces the child's environment (default: this process's), less credentials
+        (`key_envs`: the variables the run's config reads keys from, `Config.credential_envs`)."""
         self.config = config
         self._python = python
-        self._env = without_credentials(os.environ if env is None else env)
+        self._env = without_credentials(os.environ if env is None else env, key_envs=key_envs)
         self._cancel_grace_s = cancel_grace_s
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # reaped on poll
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, TypeVar
@@ -19,6 +18,7 @@ from openai.pagination import SyncCursorPage
 from openai.types import FileObject
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 
+from rmft_api.credentials import read_secret, scrub, scrub_url
 from rmft_api.errors import (
     ConfigError,
     QuotaExhaustedError,
@@ -55,7 +55,6 @@ _REFUSAL_CODES = (
     "training_not_available",
 )
 _REFUSAL_PHRASES = ("not available for fine-tuning", "does not exist", "not supported")
-_KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-]{6,}")
 _STEP_LOSS = re.compile(r"Step (\d+)/(\d+): training loss=([-+0-9.eE]+)")
 
 
@@ -217,7 +216,7 @@ class FineTuneAPI:
 
     def classify(self, e: openai.OpenAIError, what: str, *, creating: bool = False) -> RmftError:
         """The RmftError for an SDK error; `creating`: refusals of the model name alternatives."""
-        where = self.base_url
+        where = scrub_url(self.base_url)
         if isinstance(e, openai.APIStatusError):
             status = e.status_code
             body = e.body if isinstance(e.body, Mapping) else {}
@@ -266,20 +265,17 @@ class FineTuneAPI:
         return TrainingError(f"{what}: OpenAI client error: {self.scrub(e)}")
 
     def scrub(self, e: object) -> str:
-        text = str(e)
-        if len(self._api_key) >= 4 and self._api_key != PLACEHOLDER_KEY:
-            text = text.replace(self._api_key, "***")
-        return _KEY_PATTERN.sub("sk-***", text)
+        return scrub(e)
 
 
 def read_api_key(env: str, base_url: str) -> str:
     """The key from the environment; a placeholder for servers that need none."""
-    key = os.environ.get(env, "").strip()
+    key = read_secret(env)
     if key:
         return key
     if (urlparse(base_url).hostname or "").endswith("openai.com"):
         raise ConfigError(
-            f"{env} is not set: export your API key to fine-tune at {base_url}, or set "
+            f"{env} is not set: export your API key to fine-tune at {scrub_url(base_url)}, or set "
             "trainer.base_url to another OpenAI-compatible service (`rmft-api sandbox` for a "
             "free dry run)"
         )

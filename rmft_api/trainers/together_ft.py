@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import re
 import shutil
 import time
@@ -35,6 +34,7 @@ import together
 from pydantic import Field
 
 from rmft_api.config import Config, TogetherTrainerConfig
+from rmft_api.credentials import read_secret, scrub, scrub_url
 from rmft_api.errors import (
     ConfigError,
     QuotaExhaustedError,
@@ -69,7 +69,6 @@ STATUS = {
     "cancelled": "cancelled",
 }
 _LOSS = re.compile(r"loss[=: ]+([-+0-9.eE]+)")
-_KEY = re.compile(r"(tgp_v1_|sk-)[A-Za-z0-9_\-]{6,}")
 
 
 class TrainedOutputs(Record):
@@ -98,7 +97,7 @@ class TogetherFineTuner:
         self.policy = RetryPolicy(max_attempts=config.max_retries + 1)
         self.rng = rng if rng is not None else np.random.default_rng(config.seed)
         self._sleep = sleep
-        self._key = os.environ.get(config.api_key_env, "").strip()
+        self._key = read_secret(config.api_key_env) or ""
         if not self._key:
             raise ConfigError(
                 f"{config.api_key_env} is not set: export your Together API key (read from the "
@@ -357,7 +356,7 @@ class TogetherFineTuner:
     def classify(
         self, e: together.TogetherError, what: str, *, creating: bool = False
     ) -> RmftError:
-        where = self.config.base_url
+        where = scrub_url(self.config.base_url)
         if isinstance(e, together.APIStatusError):
             status = e.status_code
             body = e.body if isinstance(e.body, dict) else {}
@@ -385,10 +384,7 @@ class TogetherFineTuner:
         return TrainingError(f"{what}: Together client error: {self.scrub(e)}")
 
     def scrub(self, e: object) -> str:
-        text = str(e)
-        if len(self._key) >= 4:
-            text = text.replace(self._key, "***")
-        return _KEY.sub("***", text)
+        return scrub(e)
 
     # ---------------------------------------------------------------- outputs
 
