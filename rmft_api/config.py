@@ -33,6 +33,9 @@ from rmft_api.redact import check_url
 # The name of an environment variable holding a credential; a key typed here is refused unseen.
 EnvName = Annotated[str, AfterValidator(check_env_name)]
 
+# Selection reads an iteration's episodes into memory: M × L is capped as well as M and L.
+MAX_EPISODES_PER_ITERATION = 1_000_000
+
 
 class Section(BaseModel):
     """Base of every config section: frozen, unknown keys rejected."""
@@ -310,6 +313,17 @@ class RolloutConfig(Section):
         "already paid for, free.",
     )
 
+    @model_validator(mode="after")
+    def _episodes_per_iteration(self) -> Self:
+        episodes = self.scenarios * self.rollouts_per_scenario
+        if episodes > MAX_EPISODES_PER_ITERATION:
+            raise ValueError(
+                f"scenarios × rollouts_per_scenario = {episodes:,} episodes per iteration; at most "
+                f"{MAX_EPISODES_PER_ITERATION:,} (selection reads an iteration's episodes into "
+                "memory): lower rollout.scenarios or rollout.rollouts_per_scenario"
+            )
+        return self
+
 
 class OpenAITrainerConfig(Section):
     """Fine-tuning through the OpenAI API or any OpenAI-compatible fine-tuning service
@@ -562,8 +576,8 @@ class TogetherTrainerConfig(Section):
         default=False, description="Train on all iterations' selected data so far."
     )
     n_epochs: int = Field(default=1, ge=1, le=100, description="Epochs over the file.")
-    batch_size: int | Literal["max"] = Field(
-        default="max", description="Examples per step; max = the model's largest."
+    batch_size: Annotated[int, Field(ge=1)] | Literal["max"] = Field(
+        default="max", description="Examples per step (≥ 1); max = the model's largest."
     )
     learning_rate: float = Field(default=1e-5, gt=0, description="Peak learning rate.")
     lora: bool = Field(default=True, description="LoRA adapters (false = full fine-tuning).")
@@ -788,7 +802,10 @@ class GridVariant(Section):
         "prompt.contexts (which must then name the training contexts).",
     )
     scenarios: int | None = Field(
-        default=None, ge=1, description="Held-out scenarios of this variant; None = eval.scenarios."
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Held-out scenarios of this variant (≤ 100,000); None = eval.scenarios.",
     )
 
 
@@ -962,7 +979,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif not item.startswith(("function-", "model-")):
+        elif not item.startswith(("function-", "model-", "constrained-")):
             parts.append(("." if parts else "") + item)
     return "".join(parts) or "<root>"
 
@@ -972,6 +989,8 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
     if len(loc) > 2 and loc[0] == "trainer":  # pydantic puts the union's tag in: trainer.lora.r
         loc = (loc[0], *loc[2:])
     key = _format_loc(loc)
+    if not loc:  # a check across sections: its message names the keys
+        return str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
@@ -1002,7 +1021,15 @@ def config_error(
     exc: ValidationError, *, source: str, model: type[BaseModel] = Config
 ) -> ConfigError:
     """One line for the user: every problem with its key, value and what is allowed."""
-    problems = [_describe(dict(e), model) for e in exc.errors()]
+    problems: list[str] = []
+    for e in exc.errors():
+        text = _describe(dict(e), model)
+        # `int | "auto"` fails once per member under the same key: one problem, both options.
+        head, sep, allowed = text.rpartition("; ")
+        if sep and problems and problems[-1].startswith(head + "; "):
+            problems[-1] += f", or {allowed.removeprefix('Input should be ')}"
+        else:
+            problems.append(text)
     return ConfigError(f"{source}: " + "; ".join(problems))
 
 

@@ -9,7 +9,7 @@ the policy − agent difference per scenario has its own paired CI: the one that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,13 @@ from rmft_api import regret
 from rmft_api.agent_plays import play_agent
 from rmft_api.config import Config
 from rmft_api.envs.base import child_rng
-from rmft_api.envs.scenarios import Scenario, build_scenarios
+from rmft_api.envs.scenarios import (
+    Scenario,
+    ScenarioRange,
+    build_scenarios,
+    scenario_ids,
+    scenario_seeds,
+)
 from rmft_api.errors import EvaluationError, StateError
 from rmft_api.growth import curve_growth
 from rmft_api.ledger import Ledger
@@ -73,13 +79,16 @@ class EvalMetrics(BaseModel):
     baseline_seeds: int = 1  # plays per scenario each agent's figures average (agents.seeds_...)
 
 
-def heldout_scenarios(cfg: Config) -> list[Scenario]:
+def heldout_scenarios(cfg: Config) -> ScenarioRange:
     return build_scenarios(cfg, split="heldout", count=cfg.eval.scenarios)
 
 
-def check_disjoint(train: Sequence[Scenario], heldout: Sequence[Scenario]) -> None:
-    """Refuse to evaluate on a scenario seed that training also used."""
-    shared = {s.seed for s in train} & {s.seed for s in heldout}
+def check_disjoint(train: Iterable[Scenario], heldout: Iterable[Scenario]) -> None:
+    """Refuse to evaluate on a scenario seed that training also used. The training seeds are
+    streamed (a ScenarioRange computes them without building a scenario): memory holds the
+    held-out seeds only."""
+    held = set(scenario_seeds(heldout))
+    shared = {seed for seed in scenario_seeds(train) if seed in held}
     if shared:
         raise StateError(
             f"{len(shared)} held-out scenario seed(s) also appear in training "
@@ -246,7 +255,7 @@ async def evaluate_policy(
     finally:
         if cache is not None:
             cache.close()
-    ids = {s.scenario_id for s in scenarios}
+    ids = set(scenario_ids(scenarios))
     episodes = [e for e in read_episodes(out) if e.scenario_id in ids and e.iteration == iteration]
     # Completion order is arbitrary under concurrency; the bootstrap must not depend on it.
     episodes.sort(key=lambda e: (e.scenario_index, e.rollout))

@@ -14,7 +14,7 @@ Results: `iter-NNN/grid/<variant>/episodes.jsonl` and `metrics.json` (an EvalMet
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,11 +123,11 @@ def grid_dir(iteration_root: Path) -> Path:
 
 
 def check_grid_disjoint(
-    entries: Sequence[GridEntry], train: Sequence[Scenario], cfg: Config
+    entries: Sequence[GridEntry], train: Iterable[Scenario], cfg: Config
 ) -> None:
     """Refuse a variant whose held-out seeds meet training, the main held-out set or another
     variant's (StateError naming both)."""
-    seen: list[tuple[str, list[Scenario]]] = [("training", list(train))]
+    seen: list[tuple[str, Iterable[Scenario]]] = [("training", train)]
     if cfg.eval.scenarios:
         seen.append(("the main held-out set", heldout_scenarios(cfg)))
     for entry in entries:

@@ -26,7 +26,7 @@ from rmft_api.config import (
     OpenAITrainerConfig,
     TogetherTrainerConfig,
 )
-from rmft_api.envs.scenarios import Scenario, build_scenarios
+from rmft_api.envs.scenarios import ScenarioChain, ScenarioRange, build_scenarios
 from rmft_api.error_log import one_line, write_error_log
 from rmft_api.errors import BudgetError, RmftError, StateError, TrainingError
 from rmft_api.ledger import Ledger, ledger_path
@@ -116,10 +116,17 @@ def build_trainer(cfg: Config, run: RunPaths) -> Trainer:
     return OpenAIFineTuner.for_run(cfg, run_id=run.run_id, state_dir=run.root / "openai")
 
 
-def training_scenarios(cfg: Config, iteration: int) -> list[Scenario]:
+def training_scenarios(cfg: Config, iteration: int) -> ScenarioRange:
     m = cfg.rollout.scenarios
     start = iteration * m if cfg.iterations.fresh_scenarios else 0
     return build_scenarios(cfg, split="train", count=m, start=start)
+
+
+def training_scenarios_so_far(cfg: Config, iteration: int) -> ScenarioChain:
+    """Every training scenario of iterations 0..`iteration`, each once, lazily: nothing is
+    built until iterated, and the seeds come without building any."""
+    ranges = (training_scenarios(cfg, j) for j in range(iteration + 1))
+    return ScenarioChain(list({(r.start, r.size): r for r in ranges}.values()))
 
 
 @dataclass
@@ -303,7 +310,7 @@ class Pipeline:
         main = not metrics_final(paths.metrics) and self.cfg.eval.scenarios > 0
         if not main and not grid:
             return
-        train = [s for j in range(state.iteration + 1) for s in training_scenarios(self.cfg, j)]
+        train = training_scenarios_so_far(self.cfg, state.iteration)
         if main:
             check_disjoint(train, heldout_scenarios(self.cfg))
             paths.eval_dir.mkdir(parents=True, exist_ok=True)
@@ -382,12 +389,12 @@ class Pipeline:
         from rmft_api.selection import select_episodes
         from rmft_api.store import write_text_atomic
 
-        scenarios = {s.scenario_id: s for s in training_scenarios(self.cfg, state.iteration)}
+        scenarios = training_scenarios(self.cfg, state.iteration)  # built as episodes ask
         baseline = self.cfg.selection.baseline
         kept, report = select_episodes(
             self._episodes(state.iteration),
             self.cfg,
-            scenario_of=lambda e: scenarios[e.scenario_id],
+            scenario_of=lambda e: scenarios.by_index(e.scenario_index),
             baseline_regret=lambda s: agent_regret(baseline or "ucb1", s, self.cfg),
         )
         if not kept:

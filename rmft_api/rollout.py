@@ -28,8 +28,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 from rmft_api.config import Config
 from rmft_api.credentials import scrub
 from rmft_api.envs.base import child_rng
-from rmft_api.envs.scenarios import Scenario
+from rmft_api.envs.scenarios import Scenario, ScenarioRange, scenario_ids
 from rmft_api.envs.templates import TemplateSet, load_templates
 from rmft_api.envs.text import TextEpisode
 from rmft_api.errors import ParseAbortError, StateError
@@ -135,7 +134,7 @@ class _Engine:
         self.usage = Usage()
         self.ledger = ledger
         self.budget = BudgetGuard(budget_usd, ledger=ledger)
-        self.regrets: list[float] = []
+        self.regret_sum, self.complete = 0.0, 0  # complete episodes, resumed ones included
         self.failure: BaseException | None = None
 
     # ------------------------------------------------------------ shared episode logic
@@ -195,7 +194,8 @@ class _Engine:
             1 for step in episode.steps for a in step.attempts if a.parse_error is not None
         )
         if episode.status == "complete":
-            self.regrets.append(episode.regret)
+            self.regret_sum += episode.regret
+            self.complete += 1
         self.report(force=True)
 
     # ------------------------------------------------------------ requests (cache, budget)
@@ -255,11 +255,11 @@ class _Engine:
 
     # ------------------------------------------------------------ the two schedules
 
-    async def fan_out(self, jobs: Sequence[_Job], *, live: int) -> None:
-        gate = asyncio.Semaphore(live)
-
-        async def play_one(job: _Job) -> None:
-            async with gate:
+    async def fan_out(self, jobs: Iterator[_Job], *, live: int) -> None:
+        # `live` workers take the next job when their episode ends: the jobs (and the scenarios
+        # they are built from) are made as they are started, never all up front.
+        async def worker() -> None:
+            for job in jobs:  # one shared iterator; next() never awaits, so no job is taken twice
                 if self.stopping:
                     return
                 play = self.start(job)
@@ -270,22 +270,28 @@ class _Engine:
                         self.fail(e)
                         return
                     if self.feed(play, reply):
-                        return
+                        break
                     self.report()
 
-        results = await asyncio.gather(*(play_one(j) for j in jobs), return_exceptions=True)
+        results = await asyncio.gather(*(worker() for _ in range(live)), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 self.fail(result)
 
-    async def lockstep(self, jobs: Sequence[_Job], *, batch_size: int | None) -> None:
-        pending = deque(jobs)
+    async def lockstep(self, jobs: Iterator[_Job], *, batch_size: int | None) -> None:
         live: list[_Play] = []
-        while (pending or live) and not self.stopping:
+        more = True
+        while (more or live) and not self.stopping:
             # Read each tick: a local model halves its batch size after running out of memory.
             pool: int = batch_size or int(getattr(self.provider, "batch_size", 1) or 1)
-            while pending and len(live) < max(1, pool):
-                live.append(self.start(pending.popleft()))
+            while more and len(live) < max(1, pool):
+                job = next(jobs, None)
+                if job is None:
+                    more = False
+                else:
+                    live.append(self.start(job))
+            if not live:
+                break
             try:
                 replies = await self.ask([p.request() for p in live])
             except Exception as e:  # recorded, raised after everything is flushed
@@ -349,18 +355,52 @@ def _fewer_collections() -> Iterator[None]:
             gc.set_threshold(*_gc_saved)
 
 
-def _finished_on_disk(path: Path, ids: set[str], spec: str) -> dict[str, Episode]:
-    done: dict[str, Episode] = {}
+def _finished_on_disk(
+    path: Path, wanted: Callable[[Episode], bool], spec: str
+) -> dict[str, float | None]:
+    """Finished episodes of this call already on disk: their regret by id (None: aborted)."""
+    done: dict[str, float | None] = {}
     for episode in read_episodes(path):
-        if episode.episode_id not in ids or episode.status not in FINISHED_STATUSES:
+        if episode.status not in FINISHED_STATUSES or not wanted(episode):
             continue
         if episode.policy_spec != spec:
             raise StateError(
                 f"{path} already holds episode {episode.episode_id} of policy "
                 f"{episode.policy_spec!r}, not {spec!r}; write to another directory"
             )
-        done[episode.episode_id] = episode
+        done[episode.episode_id] = episode.regret if episode.status == "complete" else None
     return done
+
+
+def _wanted(
+    scenarios: Sequence[Scenario], *, iteration: int, rollouts: int
+) -> Callable[[Episode], bool]:
+    """Whether an episode on disk is one of this call's (scenarios × rollouts), decided without
+    building the scenarios of a ScenarioRange."""
+    if isinstance(scenarios, ScenarioRange):
+        r = scenarios
+        return lambda e: (
+            e.iteration == iteration
+            and e.split == r.split
+            and r.start <= e.scenario_index < r.start + r.size
+            and 0 <= e.rollout < rollouts
+            and e.episode_id == episode_id(iteration, e.scenario_id, e.rollout)
+        )
+    ids = {episode_id(iteration, s.scenario_id, k) for s in scenarios for k in range(rollouts)}
+    return lambda e: e.episode_id in ids
+
+
+def _jobs(
+    scenarios: Sequence[Scenario], *, iteration: int, rollouts: int, done: Container[str]
+) -> Iterator[_Job]:
+    """The (scenario, rollout) pairs not finished yet, made as they are taken: a scenario is
+    built only when one of its rollouts is about to be played."""
+    for k, sid in enumerate(scenario_ids(scenarios)):
+        todo = [r for r in range(rollouts) if episode_id(iteration, sid, r) not in done]
+        if todo:
+            scenario = scenarios[k]
+            for r in todo:
+                yield _Job(scenario=scenario, rollout=r, episode_id=episode_id(iteration, sid, r))
 
 
 async def run_rollouts(
@@ -394,13 +434,10 @@ async def run_rollouts(
         finished episode is on disk (see the module docstring).
     """
     out = Path(out)
-    jobs = [
-        _Job(scenario=s, rollout=r, episode_id=episode_id(iteration, s.scenario_id, r))
-        for s in scenarios
-        for r in range(rollouts_per_scenario)
-    ]
-    done = _finished_on_disk(out, {j.episode_id for j in jobs}, provider.spec)
-    todo = [j for j in jobs if j.episode_id not in done]
+    wanted = _wanted(scenarios, iteration=iteration, rollouts=rollouts_per_scenario)
+    done = _finished_on_disk(out, wanted, provider.spec)
+    todo = _jobs(scenarios, iteration=iteration, rollouts=rollouts_per_scenario, done=done)
+    total = len(scenarios) * rollouts_per_scenario
     writer = JsonlWriter(out)
     engine = _Engine(
         provider,
@@ -412,10 +449,11 @@ async def run_rollouts(
         budget_usd=budget_usd,
         ledger=ledger,
         progress=progress,
-        total=len(jobs),
+        total=total,
         skipped=len(done),
     )
-    engine.regrets = [e.regret for e in done.values() if e.status == "complete"]
+    finished = [regret for regret in done.values() if regret is not None]
+    engine.regret_sum, engine.complete = sum(finished), len(finished)
     try:
         with _fewer_collections():
             if isinstance(provider, LockstepProvider):
@@ -428,12 +466,12 @@ async def run_rollouts(
         engine.report(force=True)
     if engine.failure is not None:
         raise engine.failure
-    complete = len(engine.regrets)
+    complete = engine.complete
     return RolloutSummary(
         out=str(out),
         policy_spec=provider.spec,
         iteration=iteration,
-        episodes_total=len(jobs),
+        episodes_total=total,
         skipped=len(done),
         written=engine.written,
         complete=complete,
@@ -445,5 +483,5 @@ async def run_rollouts(
         rate_limited=engine.snapshot().rate_limited,
         usage=engine.usage,
         wall_s=time.monotonic() - engine.started,
-        mean_regret=sum(engine.regrets) / complete if complete else None,
+        mean_regret=engine.regret_sum / complete if complete else None,
     )

@@ -15,15 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rmft_api import regret
 from rmft_api.agent_plays import agent_regret
-from rmft_api.config import Config
+from rmft_api.config import Config, RolloutConfig, config_error
 from rmft_api.costs import check_prices
 from rmft_api.envs.base import child_rng
-from rmft_api.envs.scenarios import Scenario, build_scenarios
-from rmft_api.errors import ConfigError
+from rmft_api.envs.scenarios import Scenario, ScenarioRange, build_scenarios, scenario_ids
 from rmft_api.ledger import Ledger, ledger_path
 from rmft_api.rollout import read_episodes, run_rollouts
 from rmft_api.rollout_cache import ResponseCache, cache_path
@@ -88,7 +87,7 @@ def compare_with_baselines(
     baselines: Sequence[str] | None = None,
 ) -> Comparison:
     """Mean regret per scenario over complete episodes, against the agents on the same draws."""
-    order = {s.scenario_id: k for k, s in enumerate(scenarios)}
+    order = {sid: k for k, sid in enumerate(scenario_ids(scenarios))}  # no scenario built
     pairs = sorted(
         (
             (e.scenario_id, e.regret)
@@ -107,10 +106,13 @@ def compare_with_baselines(
         keys, means = regret.scenario_means(values, ids)
         mine = {str(k): float(m) for k, m in zip(keys, means, strict=True)}
     # Baselines on the same scenarios as the policy (all of them when it finished none).
-    reference = [s for s in scenarios if s.scenario_id in mine] or list(scenarios)
     stats: dict[str, RegretStat] = {}
     differences: dict[str, RegretStat] = {}
     for j, name in enumerate(names):
+        # Built one at a time as the agent plays them: M scenarios are never all in memory.
+        reference = (
+            scenarios[k] for k, sid in enumerate(scenario_ids(scenarios)) if not mine or sid in mine
+        )
         theirs = {s.scenario_id: agent_regret(name, s, cfg) for s in reference}
         rng = child_rng(cfg.run.seed, _BOOTSTRAP_KEY, iteration, j + 1)
         stats[name] = _stat(regret.scenario_bootstrap_ci(list(theirs.values()), list(theirs), rng))
@@ -134,10 +136,12 @@ def rollout_and_compare(
     """Roll out `policy` (default `policy.spec`) into `out_dir`/episodes.jsonl, resuming what is
     there, and compare its regret with the classic agents on the same scenarios."""
 
-    m = scenarios or cfg.rollout.scenarios
-    rollouts_per_scenario = rollouts or cfg.rollout.rollouts_per_scenario
-    if m < 1 or rollouts_per_scenario < 1:
-        raise ConfigError("--scenarios and --rollouts must be at least 1")
+    m = cfg.rollout.scenarios if scenarios is None else scenarios
+    rollouts_per_scenario = cfg.rollout.rollouts_per_scenario if rollouts is None else rollouts
+    try:  # the bounds of rollout.scenarios / rollouts_per_scenario hold for the flags too
+        RolloutConfig(scenarios=m, rollouts_per_scenario=rollouts_per_scenario)
+    except ValidationError as e:
+        raise config_error(e, source="--scenarios / --rollouts", model=RolloutConfig) from None
     drawn = build_scenarios(cfg, split="train", count=m)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +156,7 @@ def _rollout_and_compare(
     cfg: Config,
     out_dir: Path,
     policy: str | None,
-    drawn: list[Scenario],
+    drawn: ScenarioRange,
     rollouts_per_scenario: int,
     iteration: int,
     progress: ProgressCallback | None,

@@ -12,8 +12,11 @@ from __future__ import annotations
 import functools
 import re
 import tomllib
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -30,6 +33,8 @@ _NAME_RE = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*(?: [A-Za-z0-9]+(?:-[A-Za-
 # Salt of the word-choice stream, distinct from the instance's stream of the same seed.
 _CONTEXT_SALT = 0xC07E
 _TEXT_FIELDS = ("title", "description", "action_noun", "action_plural", "reward_description")
+# Scenarios a ScenarioRange keeps built (the live episodes' and those being read back).
+_RECENT_SCENARIOS = 1024
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,100 @@ def build_scenario(
     )
 
 
-def build_scenarios(cfg: Config, *, split: Split, count: int, start: int = 0) -> list[Scenario]:
-    """Scenarios start .. start+count-1 of `split`."""
-    return [build_scenario(cfg, split=split, index=i) for i in range(start, start + count)]
+class ScenarioRange(Sequence[Scenario]):
+    """Scenarios start .. start+count-1 of `split`, each built when it is asked for.
+
+    A million scenarios cost nothing until played: a rollout walks the range as it starts
+    episodes, so memory is bounded by the episodes in flight, not by M. The last few scenarios
+    built are kept (episodes of one scenario are played and read together).
+    """
+
+    def __init__(self, cfg: Config, *, split: Split, count: int, start: int = 0) -> None:
+        if count < 0 or start < 0:
+            raise ConfigError(f"scenario range start {start}, count {count}: both must be ≥ 0")
+        self.cfg, self.split, self.start, self.size = cfg, split, start, count
+        self._recent: OrderedDict[int, Scenario] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, i: int) -> Scenario: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Scenario]: ...
+
+    def __getitem__(self, i: int | slice) -> Scenario | Sequence[Scenario]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.size))]
+        if i < 0:
+            i += self.size
+        if not 0 <= i < self.size:
+            raise IndexError(f"scenario {i} of a range of {self.size}")
+        return self.by_index(self.start + i)
+
+    def __iter__(self) -> Iterator[Scenario]:
+        for index in range(self.start, self.start + self.size):
+            yield self.by_index(index)
+
+    def by_index(self, index: int) -> Scenario:
+        """The scenario whose `index` (its number in the split) is `index`."""
+        scenario = self._recent.get(index)
+        if scenario is None:
+            if not self.start <= index < self.start + self.size:
+                raise IndexError(f"scenario index {index} is outside {self.start}..{self.stop}")
+            scenario = build_scenario(self.cfg, split=self.split, index=index)
+            self._recent[index] = scenario
+            if len(self._recent) > _RECENT_SCENARIOS:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.move_to_end(index)
+        return scenario
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.size - 1
+
+    def seeds(self) -> Iterator[int]:
+        """The scenarios' seeds, without building them."""
+        for index in range(self.start, self.start + self.size):
+            yield scenario_seed(self.cfg.run.seed, self.split, index)
+
+    def ids(self) -> Iterator[str]:
+        """The scenarios' ids, without building them."""
+        for index in range(self.start, self.start + self.size):
+            yield scenario_id(self.split, index)
+
+
+class ScenarioChain(Iterable[Scenario]):
+    """Several ScenarioRanges one after the other (every iteration's training scenarios)."""
+
+    def __init__(self, ranges: Sequence[ScenarioRange]) -> None:
+        self.ranges = list(ranges)
+
+    def __iter__(self) -> Iterator[Scenario]:
+        for r in self.ranges:
+            yield from r
+
+    def seeds(self) -> Iterator[int]:
+        for r in self.ranges:
+            yield from r.seeds()
+
+
+def scenario_ids(scenarios: Iterable[Scenario]) -> Iterator[str]:
+    """The ids of `scenarios` (a ScenarioRange gives them without building any)."""
+    if isinstance(scenarios, ScenarioRange):
+        return scenarios.ids()
+    return (s.scenario_id for s in scenarios)
+
+
+def scenario_seeds(scenarios: Iterable[Scenario]) -> Iterator[int]:
+    """The seeds of `scenarios` (ranges and chains compute them without building any)."""
+    if isinstance(scenarios, ScenarioRange | ScenarioChain):
+        return scenarios.seeds()
+    return (s.seed for s in scenarios)
+
+
+def build_scenarios(cfg: Config, *, split: Split, count: int, start: int = 0) -> ScenarioRange:
+    """Scenarios start .. start+count-1 of `split`, built lazily (ScenarioRange)."""
+    return ScenarioRange(cfg, split=split, count=count, start=start)
