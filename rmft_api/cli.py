@@ -506,13 +506,13 @@ def run(
     from rmft_api.console import RichReporter, pretraining_progress, render_status
     from rmft_api.error_log import WorkingRun
     from rmft_api.pipeline import Pipeline
-    from rmft_api.run_state import open_run
+    from rmft_api.run_state import open_run_held
     from rmft_api.run_status import run_status
 
     if resume is not None:
         WorkingRun.set(resume)
     with pretraining_progress() as on_step:
-        cfg, run_paths = open_run(
+        cfg, run_paths, lock = open_run_held(
             config,
             overrides=set_ or [],
             name=name,
@@ -524,8 +524,9 @@ def run(
     reporter = RichReporter()
     reporter.console.print(f"run directory: {run_paths.root}")
     try:
-        Pipeline(cfg, run_paths, reporter=reporter).run_to_end()
+        Pipeline(cfg, run_paths, reporter=reporter, lock=lock).run_to_end()
     finally:
+        lock.release()  # already released unless the pipeline never started
         reporter.close()
     render_status(run_status(run_paths))
     report_md = run_paths.report / "report.md"

@@ -141,14 +141,17 @@ class Pipeline:
     poll_interval_s: float | None = None
     max_poll_interval_s: float | None = None
     today: Callable[[], dt.date] = dt.date.today  # the preflight's clock (tests fix it)
+    # The run lock when the caller already holds it (`open_run_held`); else taken here.
+    lock: RunLock | None = None
     _providers: dict[str, Provider] = field(default_factory=dict)
     _ledger: Ledger | None = None
 
     # ---------------------------------------------------------------- driving
 
     def run_to_end(self) -> RunState:
-        """Hold the run lock and advance phase by phase until done; returns the final state."""
-        with RunLock(self.run.root):
+        """Hold the run lock and advance phase by phase until done; returns the final state.
+        The lock is released on return, also one handed in by the caller."""
+        with self.lock if self.lock is not None else RunLock(self.run.root):
             state = asyncio.run(self._drive())
             if state.phase == "done":
                 self._write_report()

@@ -206,7 +206,34 @@ def open_run(
     is not built yet.
 
     Resuming with a config file or overrides compares them with run.json and refuses any
-    difference (listing the keys) unless `force`.
+    difference (listing the keys) unless `force`. The run lock is released on return: a caller
+    that goes on to drive the run uses `open_run_held` so no other process can slip in between.
+    """
+    cfg, run, lock = open_run_held(
+        config_path,
+        overrides=overrides,
+        name=name,
+        resume=resume,
+        force=force,
+        on_bootstrap_step=on_bootstrap_step,
+    )
+    lock.release()
+    return cfg, run
+
+
+def open_run_held(
+    config_path: str | Path | None,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    name: str | None = None,
+    resume: str | Path | None = None,
+    force: bool = False,
+    on_bootstrap_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[Config, RunPaths, RunLock]:
+    """`open_run`, returning the run lock still held (hand it to `Pipeline(lock=...)`).
+
+    Resuming takes the lock before anything is read or written; a new run takes it on its fresh
+    directory before run.json exists, so a second process never sees a half-made run unlocked.
     """
     from rmft_api.config import load_config
     from rmft_api.store import create_run_dir
@@ -214,8 +241,14 @@ def open_run(
     if resume is not None:
         run = RunPaths(Path(resume))
         # Lock first: a run another process holds is refused before anything here is written.
-        with RunLock(run.root):
-            return _reopen_run(run, config_path, overrides=overrides, force=force)
+        lock = RunLock(run.root)
+        lock.acquire()
+        try:
+            cfg = _reopen_run(run, config_path, overrides=overrides, force=force)[0]
+        except BaseException:
+            lock.release()
+            raise
+        return cfg, run, lock
     from rmft_api.bootstrap import resolve_bootstrap_spec
     from rmft_api.fetch_model import resolve_fetched_spec
     from rmft_api.shipped import find_config
@@ -228,8 +261,14 @@ def open_run(
     policy = resolve_fetched_spec(policy)  # hf/@smollm2 → its converted directory (fetch-model)
     run_name = name or cfg.run.name or path.stem
     run = create_run_dir(cfg.run.runs_dir, run_name)
-    init_run(run, cfg, source=str(path), policy=policy)
-    return cfg, run
+    lock = RunLock(run.root)
+    lock.acquire()
+    try:
+        init_run(run, cfg, source=str(path), policy=policy)
+    except BaseException:
+        lock.release()
+        raise
+    return cfg, run, lock
 
 
 def _reopen_run(

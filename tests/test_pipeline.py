@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rmft_api.errors import StateError
-from rmft_api.run_state import load_state, open_run
+from rmft_api.run_state import load_state, open_run, open_run_held
 from rmft_api.schema import Episode, JobRef
 from rmft_api.store import RunLock, RunPaths, read_json, read_jsonl
 
@@ -177,6 +177,24 @@ def test_a_forced_resume_of_a_locked_run_is_refused_before_it_writes(
     assert proc.returncode == 1
     assert "locked by pid" in proc.stderr and "Traceback" not in proc.stderr
     assert run.run_json.read_bytes() == before
+
+
+def test_the_lock_is_held_from_opening_a_run_to_driving_it(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """No gap between `open_run` and `Pipeline.run_to_end`: a second `--resume --force` used to
+    rewrite run.json between them while the first process went on with its own config."""
+    _, run, lock = open_run_held(write_config(tmp_path, tiny_model))
+    assert lock.held
+    with pytest.raises(StateError, match="locked by pid"):
+        open_run(None, overrides=["env.horizon=6"], resume=run.root, force=True)
+    lock.release()
+    _, _, again = open_run_held(None, overrides=["env.horizon=6"], resume=run.root, force=True)
+    before = run.run_json.read_bytes()
+    with pytest.raises(StateError, match="locked by pid"):
+        open_run(None, overrides=["env.horizon=5"], resume=run.root, force=True)
+    assert run.run_json.read_bytes() == before
+    again.release()
 
 
 @pytest.fixture(scope="module")
