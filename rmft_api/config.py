@@ -400,8 +400,15 @@ class OpenAITrainerConfig(Section):
     create_attempts: int = Field(
         default=3,
         ge=1,
-        description="Tries of an upload or job create that timed out / failed transiently, each "
-        "after a lookup found nothing on the server.",
+        description="Sends of an upload or job create the service refused without creating "
+        "anything (429, no connection), each after a lookup found nothing. A create with an "
+        "unknown outcome (timeout, 5xx) is never sent again in the same process.",
+    )
+    create_settle_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="After a create with an unknown outcome, how long the object is looked up "
+        "(with a growing wait) before the run stops; `--resume` looks it up again.",
     )
     poll_interval_s: float = Field(
         default=10.0, gt=0, description="First wait between the pipeline's polls of the job."
@@ -601,7 +608,16 @@ class TogetherTrainerConfig(Section):
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(default=6, ge=0, description="Retries of a transient read.")
     create_attempts: int = Field(
-        default=3, ge=1, description="Tries of a job create, each after a lookup found nothing."
+        default=3,
+        ge=1,
+        description="Sends of an upload or job create the service refused without creating "
+        "anything (429, no connection), each after a lookup found nothing.",
+    )
+    create_settle_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="After a create with an unknown outcome (timeout, 5xx), how long the object "
+        "is looked up before the run stops; `--resume` looks it up again.",
     )
     poll_interval_s: float = Field(default=10.0, gt=0, description="First wait between polls.")
     max_poll_interval_s: float = Field(

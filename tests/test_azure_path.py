@@ -277,6 +277,25 @@ def test_job_created_while_the_client_timed_out_is_found_not_duplicated(
     assert outcome(only_run(tmp_path), server) == reference
 
 
+def test_a_job_create_that_finishes_late_gives_exactly_one_job_per_iteration(
+    tmp_path: Path, sandbox: Callable[..., SandboxServer], reference: dict[str, Any]
+) -> None:
+    """Azure answers the first job create 500 but makes the job 1.5 s later: the trainer finds
+    it by its metadata while polling and never sends the create again."""
+    rule = {
+        "fault": "late_create",
+        "path": "/openai/fine_tuning/jobs",
+        "method": "POST",
+        "times": 1,
+        "delay_s": 1.5,
+    }
+    server = sandbox(rules=[rule])
+    proc = cli("run", str(write_config(tmp_path, server)), env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert server.state.faults.injected["late_create"] == 1
+    assert outcome(only_run(tmp_path), server) == reference
+
+
 def test_training_not_available_ends_the_run_with_the_alternatives(
     tmp_path: Path, sandbox: Callable[..., SandboxServer]
 ) -> None:

@@ -21,6 +21,7 @@ from rmft_api.sandbox.server import SandboxServer
 from rmft_api.schema import JobRef
 from rmft_api.store import read_json
 from rmft_api.trainers.base import JobFailedError, Trainer
+from rmft_api.trainers.create_once import CreateUnsettledError
 from rmft_api.trainers.openai_ft import OpenAIFineTuner
 from rmft_api.trainers.openai_ft_registry import REGISTRY_FILE, FineTuneRegistry
 
@@ -167,14 +168,72 @@ def test_a_create_done_on_the_server_while_the_client_timed_out_is_not_repeated(
     assert [f.id for f in server_files(server)] == [ref.file_id]
 
 
-def test_a_dropped_create_is_looked_up_then_made_once(
+def test_a_dropped_create_is_never_sent_again_in_process_and_resume_makes_it_once(
     sandbox: Callable[..., SandboxServer], train_file: Path, tmp_path: Path
 ) -> None:
+    """A connection dropped mid-create is an unknown outcome: the trainer looks the job up for
+    the settle window, stops without sending it again, and the resume creates it once."""
     rule = {"fault": "disconnect", "path": JOBS, "method": "POST", "times": 1}
     server = sandbox(rules=[rule])
-    ref = submit(tuner(server, tmp_path / "run"), train_file)
+    with pytest.raises(CreateUnsettledError, match="--resume"):
+        submit(tuner(server, tmp_path / "run", create_settle_s=0.5), train_file)
     assert server.state.faults.injected["disconnect"] == 1
+    assert server_jobs(server) == []
+    ref = submit(tuner(server, tmp_path / "run", create_settle_s=0.5), train_file)
     assert [j.id for j in server_jobs(server)] == [ref.job_id]
+
+
+def test_a_rate_limited_create_created_nothing_and_is_sent_again(
+    sandbox: Callable[..., SandboxServer], train_file: Path, tmp_path: Path
+) -> None:
+    rule = {"fault": "rate_limit", "path": JOBS, "method": "POST", "times": 1, "retry_after_s": 0.1}
+    server = sandbox(rules=[rule])
+    ref = submit(tuner(server, tmp_path / "run", create_settle_s=30), train_file)
+    assert server.state.faults.injected["rate_limit"] == 1
+    assert [j.id for j in server_jobs(server)] == [ref.job_id]
+
+
+def wait_for_jobs(server: SandboxServer, count: int, *, within_s: float = 10) -> None:
+    deadline = time.monotonic() + within_s
+    while len(server_jobs(server)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} job(s) ever appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("path", [JOBS, "/v1/files"])
+def test_a_create_that_finishes_late_is_found_by_polling_not_sent_again(
+    sandbox: Callable[..., SandboxServer], train_file: Path, tmp_path: Path, path: str
+) -> None:
+    """The service answers 500 but finishes the create 2 s later: one object, found by the
+    trainer's lookups, never a second create."""
+    rule = {"fault": "late_create", "path": path, "method": "POST", "times": 1, "delay_s": 2}
+    server = sandbox(rules=[rule])
+    ref = submit(tuner(server, tmp_path / "run", create_settle_s=20), train_file)
+    assert server.state.faults.injected["late_create"] == 1
+    time.sleep(2.5)  # a second create sent in the meantime would be listed by now
+    assert [j.id for j in server_jobs(server)] == [ref.job_id]
+    assert [f.id for f in server_files(server)] == [ref.file_id]
+    registry = read_json(tmp_path / "run" / REGISTRY_FILE, FineTuneRegistry)
+    assert [j.job_id for j in registry.jobs] == [ref.job_id]
+
+
+def test_a_create_later_than_the_settle_window_stops_and_the_resume_finds_it(
+    sandbox: Callable[..., SandboxServer], train_file: Path, tmp_path: Path
+) -> None:
+    rule = {"fault": "late_create", "path": JOBS, "method": "POST", "times": 1, "delay_s": 2}
+    server = sandbox(rules=[rule])
+    started = time.monotonic()
+    with pytest.raises(CreateUnsettledError) as stop:
+        submit(tuner(server, tmp_path / "run", create_settle_s=0.5), train_file)
+    assert time.monotonic() - started < 2  # the window, not the job's delay
+    message = str(stop.value)
+    assert "rmft-api run --resume" in message and "not sent again" in message
+    assert KEY not in message
+    assert server_jobs(server) == []  # not yet
+    wait_for_jobs(server, 1)
+    ref = submit(tuner(server, tmp_path / "run", create_settle_s=0.5), train_file)
+    assert [j.id for j in server_jobs(server)] == [ref.job_id]
+    assert server.state.requests[JOBS] >= 2 and server.state.faults.injected["late_create"] == 1
 
 
 def test_resume_after_a_crash_between_intent_and_answer_reattaches(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,48 @@ def test_refusals_end_the_run_with_the_message_and_nothing_lost(
     assert (state.status, state.phase) == ("failed", "train")
     assert len(read_jsonl(run.iteration(0).episodes, Episode)) == 12
     assert server_jobs(server) == []
+
+
+LATE_CREATE = {
+    "fault": "late_create",
+    "path": "/together/v1/fine-tunes",
+    "method": "POST",
+    "times": 1,
+    "delay_s": 1.5,
+}
+
+
+def test_a_job_create_that_finishes_late_gives_exactly_one_job_per_iteration(
+    tmp_path: Path, sandbox: Callable[..., SandboxServer], reference: dict[str, Any]
+) -> None:
+    """Together answers the first create 500 but makes the job 1.5 s later: found by its
+    suffix while polling, never created twice."""
+    server = sandbox(rules=[LATE_CREATE])
+    proc = cli("run", str(write_config(tmp_path, server)), env={"TOGETHER_API_KEY": KEY})
+    assert proc.returncode == 0, proc.stderr
+    assert server.state.faults.injected["late_create"] == 1
+    assert outcome(only_run(tmp_path), server) == reference
+
+
+def test_a_create_later_than_the_settle_window_stops_the_run_and_resume_finds_the_job(
+    tmp_path: Path, sandbox: Callable[..., SandboxServer], reference: dict[str, Any]
+) -> None:
+    server = sandbox(rules=[{**LATE_CREATE, "delay_s": 2.0}])
+    config = write_config(tmp_path, server)
+    config.write_text(config.read_text() + "create_settle_s = 0.3\n")
+    stopped = cli("run", str(config), env={"TOGETHER_API_KEY": KEY})
+    assert stopped.returncode == 1
+    assert "rmft-api run --resume" in stopped.stderr and "not sent again" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and KEY not in stopped.stderr
+    run = only_run(tmp_path)
+    assert (load_state(run).status, load_state(run).phase) == ("failed", "train")
+    deadline = time.monotonic() + 10
+    while not server_jobs(server):  # the late job turns up
+        assert time.monotonic() < deadline, "the late job never appeared"
+        time.sleep(0.05)
+    resumed = cli("run", "--resume", str(run.root), env={"TOGETHER_API_KEY": KEY})
+    assert resumed.returncode == 0, resumed.stderr
+    assert outcome(run, server) == reference
 
 
 def test_cancel_stops_the_job_and_a_new_submit_is_a_new_attempt(

@@ -4,7 +4,9 @@ Route modules (chat.py, files.py, finetune.py) each contribute `routes(state)`; 
 any path, so new endpoints get them for free. The fault layer is plain ASGI because three faults
 cannot be expressed as a Response: `slow` holds the request (until the client gives up),
 `late_reply` carries the request out and then holds its reply (a create that succeeded on the
-server while the client timed out), and `disconnect` closes the socket with no response at all.
+server while the client timed out), `late_create` answers 500 at once and carries the request
+out `delay_s` later in the background (the object turns up in the listings late), and
+`disconnect` closes the socket with no response at all.
 For the latter the app returns a non-None value before starting a response: every uvicorn HTTP
 protocol then closes the transport without writing anything (and logs it, which `_DropFilter`
 silences).
@@ -24,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rmft_api.sandbox import azure, chat, files, finetune, together
+from rmft_api.sandbox.azure import replay_body
 from rmft_api.sandbox.replies import fault_reply
 from rmft_api.sandbox.state import SandboxState
 
@@ -75,6 +78,7 @@ class FaultLayer:
     def __init__(self, app: ASGIApp, state: SandboxState) -> None:
         self.app = app
         self.state = state
+        self._late: set[asyncio.Task[None]] = set()  # late creates still to be carried out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
         if scope["type"] != "http":
@@ -110,9 +114,25 @@ class FaultLayer:
             for message in held:
                 await counting_send(message)
             return None
+        if rule.fault == "late_create":
+            task = asyncio.create_task(self._carry_out_later(dict(scope), body, rule.delay_s))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
         reply = fault_reply(rule, model=_model_of(body), api_key=_bearer(scope))
         await reply(scope, replay, counting_send)
         return None
+
+    async def _carry_out_later(self, scope: Scope, body: bytes, delay_s: float) -> None:
+        """The request of a `late_create`, run after its client was told it failed."""
+        await asyncio.sleep(delay_s)
+
+        async def gone() -> Message:
+            return {"type": "http.disconnect"}
+
+        async def discard(message: Message) -> None:
+            pass
+
+        await self.app(scope, replay_body(body, gone), discard)
 
 
 async def _buffer_body(receive: Receive) -> tuple[bytes, Receive]:
@@ -126,16 +146,7 @@ async def _buffer_body(receive: Receive) -> tuple[bytes, Receive]:
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     body = b"".join(chunks)
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return body, replay
+    return body, replay_body(body, receive)
 
 
 async def _disconnected_within(receive: Receive, seconds: float) -> bool:

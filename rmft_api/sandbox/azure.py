@@ -257,7 +257,7 @@ class AzureDataPlane:
             new_headers.append((b"authorization", f"Bearer {key}".encode("latin-1")))
         if body is not None:
             new_headers.append((b"content-length", str(len(body)).encode()))
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         inner = {**scope, "path": new_path, "raw_path": new_path.encode(), "headers": new_headers}
         return await self.app(inner, receive, send)
 
@@ -300,7 +300,8 @@ async def _read(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields `body` once, then defers to `receive`."""
     sent = False
 
     async def replay() -> Message:

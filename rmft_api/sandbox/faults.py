@@ -22,6 +22,12 @@ File format (JSON or TOML), e.g. TOML:
     path = "/v1/fine_tuning/jobs"
     method = "POST"
     times = 1
+    [[rules]]
+    fault = "late_create"         # 500 now, the job appears 5 s later
+    path = "/v1/fine_tuning/jobs"
+    method = "POST"
+    times = 1
+    delay_s = 5
     [[jobs]]
     fault = "job_failed"
     at = [2]
@@ -50,6 +56,8 @@ FaultKind = Literal[
     "slow",  # the reply is held for delay_s (longer than the client's timeout)
     "late_reply",  # the request is carried out, then its reply held for delay_s (the server
     # created the object; the client timed out and never learnt its id)
+    "late_create",  # answered 500 at once, but carried out delay_s later: the object appears
+    # in the listings after a while (a service that finishes a create it reported as failed)
     "disconnect",  # the socket is closed with no response at all
     "malformed",  # 200 with a truncated JSON body
     "unauthorized",  # 401 invalid_api_key, echoing the key it got (to test scrubbing)
@@ -81,7 +89,10 @@ class FaultRule(BaseModel):
         default=None, ge=0, description="rate_limit/unavailable: Retry-After to send."
     )
     delay_s: float = Field(
-        default=30.0, ge=0, description="slow / late_reply: how long the reply is held."
+        default=30.0,
+        ge=0,
+        description="slow / late_reply: how long the reply is held; late_create: how long after "
+        "its 500 the request is carried out.",
     )
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra response headers, e.g. x-ratelimit-reset-*."

@@ -95,7 +95,7 @@ def fault_reply(rule: FaultRule, *, model: str, api_key: str) -> Response:
             code="context_length_exceeded",
             param="messages",
         )
-    if fault == "server_error":
+    if fault in ("server_error", "late_create"):
         msg = "The server had an error while processing your request. Sorry about that!"
         return error_reply(500, rule.message or msg, type_="server_error", headers=extra)
     if fault == "unavailable":

@@ -3,10 +3,11 @@
 Never pays twice. The SDK sends no idempotency key, so a `files.create` or
 `fine_tuning.jobs.create` that timed out may still have created a billable object. Every create
 is therefore announced in the run's registry (openai_ft_registry.py) before the call, sent once
-with SDK retries off, and — after a timeout or transient error, or on resume when an announced
-create has no recorded id — looked up on the server before any new create: files by name (which
-carries the data's sha256) and size, jobs by their metadata {run_id, iteration, data_sha,
-attempt} (openai_ft_api.py). Reads (retrieve, list, events) are retried by our own policy.
+with SDK retries off, and after an unknown outcome never sent again by this process: it is looked
+up on the server (create_once.py) — files by name (which carries the data's sha256) and size,
+jobs by their metadata {run_id, iteration, data_sha, attempt} (openai_ft_api.py) — and on
+resume an announced create without a recorded id is looked up before anything is created.
+Reads (retrieve, list, events) are retried by our own policy.
 
 A refused create (403, or a model not available for fine-tuning) raises TrainingError naming
 the alternatives, since OpenAI is winding down self-serve fine-tuning (REFERENCE §4); 429
@@ -30,10 +31,11 @@ import openai
 from openai.types.fine_tuning import FineTuningJob
 
 from rmft_api.config import Config, OpenAITrainerConfig
-from rmft_api.errors import ConfigError, StateError, TrainingError, TransientProviderError
+from rmft_api.errors import ConfigError, RmftError, StateError, TrainingError
 from rmft_api.providers.retry import RetryPolicy
 from rmft_api.schema import JobRef
 from rmft_api.trainers.base import JobFailedError, is_terminal
+from rmft_api.trainers.create_once import CreatePolicy
 from rmft_api.trainers.openai_ft_api import (
     ALTERNATIVES,
     PURPOSE,
@@ -89,6 +91,14 @@ class OpenAIFineTuner:
             lookup_window=config.lookup_window,
         )
         self._sleep = sleep
+        self.creates = CreatePolicy(
+            attempts=config.create_attempts,
+            settle_s=config.create_settle_s,
+            classify=self._classify_create,
+            retry=self.api.policy,
+            rng=self.api.rng,
+            sleep=sleep,
+        )
 
     @classmethod
     def for_run(cls, cfg: Config, *, run_id: str, state_dir: Path) -> OpenAIFineTuner:
@@ -238,12 +248,12 @@ class OpenAIFineTuner:
                 created = self.api.client.files.create(file=(upload.filename, f), purpose=PURPOSE)
             return str(created.id)
 
-        file_id = self._create_once(
+        file_id = self.creates.create(
             f"upload of {path.name}",
             announce=lambda: self.registry.save_upload(upload),
             lookup=lambda: self.api.find_file(upload.filename, upload.bytes),
             create=create,
-            look_first=announced,
+            announced_at=upload.requested_at if announced else None,
         )
         self.registry.save_upload(upload.model_copy(update={"file_id": file_id}))
         log.info("training file %s uploaded as %s", path, file_id)
@@ -266,51 +276,21 @@ class OpenAIFineTuner:
         if c.suffix:
             params["suffix"] = c.suffix
         params.update(self._service_params())
-        job = self._create_once(
+        job = self.creates.create(
             f"fine-tuning job for iteration {record.iteration}",
             announce=lambda: self.registry.save_job(record),
             lookup=lambda: self.api.find_job(record.metadata),
             create=functools.partial(self.api.client.fine_tuning.jobs.create, **params),
-            look_first=announced,
+            announced_at=record.requested_at if announced else None,
         )
         self.registry.save_job(record.model_copy(update={"job_id": job.id, "status": job.status}))
         log.info("fine-tuning job %s created (iteration %d)", job.id, record.iteration)
         return job
 
-    def _create_once(
-        self,
-        what: str,
-        *,
-        announce: Callable[[], None],
-        lookup: Callable[[], T | None],
-        create: Callable[[], T],
-        look_first: bool,
-    ) -> T:
-        """Create a billable object at most once: announce it, call once (no SDK retry), and
-        after any doubt look it up on the server before creating again."""
-        last: TransientProviderError | None = None
-        for attempt in range(1, self.config.create_attempts + 1):
-            if look_first and (found := lookup()) is not None:
-                log.info("%s: found on the server; not created again", what)
-                return found
-            announce()
-            try:
-                return create()
-            except openai.OpenAIError as e:
-                error = self.api.classify(e, what, creating=True)
-                if not isinstance(error, TransientProviderError):
-                    raise error from e
-                last = error
-            look_first = True
-            wait = self.api.policy.wait_s(last, attempt, self.api.rng)
-            log.warning("%s: %s; looking it up in %.1fs before trying again", what, last, wait)
-            self._sleep(wait)
-        if (found := lookup()) is not None:
-            return found
-        raise TrainingError(
-            f"{what} failed {self.config.create_attempts} times ({last}); nothing was created "
-            "twice — resume the run to look it up again and retry"
-        ) from last
+    def _classify_create(self, e: Exception, what: str) -> RmftError | None:
+        if isinstance(e, openai.OpenAIError):
+            return self.api.classify(e, what, creating=True)
+        return None
 
     def _service_params(self) -> dict[str, Any]:
         """Create parameters a service adds to OpenAI's (Azure: `trainingType`)."""

@@ -7,7 +7,8 @@ iteration i's job with `from_checkpoint` (init_from = previous).
 
 Never pays twice, as the OpenAI trainer: every upload and job create is announced in the run's
 registry (`<run>/together/openai_ft.json`, the same format) before the call, sent once with SDK
-retries off, and looked up before any new create. Together jobs carry no metadata, so the job's
+retries off, and after an unknown outcome looked up, never sent again by this process
+(create_once.py). Together jobs carry no metadata, so the job's
 suffix carries the tag instead: `<suffix>-<12 hex of sha256(run, iteration, data, attempt)>`,
 found again in `fine_tuning.list()`. Files are found by name (which holds the data's sha256)
 and size; Together also refuses a second upload of the same checksum (409 → the existing id).
@@ -49,6 +50,7 @@ from rmft_api.schema import JobProgress, JobRef, Record
 from rmft_api.store import read_json, write_json_atomic
 from rmft_api.trainers.base import JobFailedError, is_terminal
 from rmft_api.trainers.crash import crash_point
+from rmft_api.trainers.create_once import CreatePolicy
 from rmft_api.trainers.openai_ft_api import ALTERNATIVES
 from rmft_api.trainers.openai_ft_registry import JobRecord, RegistryFile, UploadRecord
 
@@ -97,6 +99,14 @@ class TogetherFineTuner:
         self.policy = RetryPolicy(max_attempts=config.max_retries + 1)
         self.rng = rng if rng is not None else np.random.default_rng(config.seed)
         self._sleep = sleep
+        self.creates = CreatePolicy(
+            attempts=config.create_attempts,
+            settle_s=config.create_settle_s,
+            classify=self._classify_create,
+            retry=self.policy,
+            rng=self.rng,
+            sleep=sleep,
+        )
         self._key = read_secret(config.api_key_env) or ""
         if not self._key:
             raise ConfigError(
@@ -231,12 +241,12 @@ class TogetherFineTuner:
         def create() -> str:
             return str(self.client.files.upload(file=named, purpose="fine-tune", check=True).id)
 
-        file_id = self._create_once(
+        file_id = self.creates.create(
             f"upload of {path.name}",
             announce=lambda: self.registry.save_upload(upload),
             lookup=find,
             create=create,
-            look_first=announced,
+            announced_at=upload.requested_at if announced else None,
         )
         self.registry.save_upload(upload.model_copy(update={"file_id": file_id}))
         return file_id
@@ -272,53 +282,24 @@ class TogetherFineTuner:
             limits = self.client.fine_tuning.model_limits(model_name=root)
             return self.client.fine_tuning.create(model_limits=limits, **params)
 
-        job = self._create_once(
+        job = self.creates.create(
             f"Together job for iteration {record.iteration}",
             announce=lambda: self.registry.save_job(record),
             lookup=find,
             create=create,
-            look_first=announced,
+            announced_at=record.requested_at if announced else None,
         )
         crash_point("together:job-created")  # created on the server, not yet recorded here
         self.registry.save_job(record.model_copy(update={"job_id": job.id}))
         log.info("Together job %s created (iteration %d)", job.id, record.iteration)
         return job
 
-    def _create_once(
-        self,
-        what: str,
-        *,
-        announce: Callable[[], None],
-        lookup: Callable[[], T | None],
-        create: Callable[[], T],
-        look_first: bool,
-    ) -> T:
-        """Announce, call once, and after any doubt look the object up before creating again."""
-        last: TransientProviderError | None = None
-        for attempt in range(1, self.config.create_attempts + 1):
-            if look_first and (found := lookup()) is not None:
-                log.info("%s: found on the server; not created again", what)
-                return found
-            announce()
-            try:
-                return create()
-            except together.TogetherError as e:
-                error = self.classify(e, what, creating=True)
-                if not isinstance(error, TransientProviderError):
-                    raise error from e
-                last = error
-            except ValueError as e:  # the SDK's own checks of the request
-                raise TrainingError(f"{what}: {self.scrub(e)}") from e
-            look_first = True
-            wait = self.policy.wait_s(last, attempt, self.rng)
-            log.warning("%s: %s; looking it up in %.1fs before trying again", what, last, wait)
-            self._sleep(wait)
-        if (found := lookup()) is not None:
-            return found
-        raise TrainingError(
-            f"{what} failed {self.config.create_attempts} times ({last}); nothing was created "
-            "twice — resume the run to look it up again and retry"
-        ) from last
+    def _classify_create(self, e: Exception, what: str) -> RmftError | None:
+        if isinstance(e, together.TogetherError):
+            return self.classify(e, what, creating=True)
+        if isinstance(e, ValueError):  # the SDK's own checks of the request
+            return TrainingError(f"{what}: {self.scrub(e)}")
+        return None
 
     # ---------------------------------------------------------------- reads
 
