@@ -609,18 +609,28 @@ def status(
 @app.command()
 def cancel(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.", file_okay=False)],
+    wait: Annotated[
+        float,
+        typer.Option("--wait", min=0, help="Seconds to wait for a running `rmft-api run` to stop."),
+    ] = 60.0,
 ) -> None:
-    """Cancel the run's running fine-tuning job and mark the run stopped."""
+    """Stop the run: a running `rmft-api run` stops before its next paid request or poll; its
+    unfinished fine-tuning jobs are cancelled and the run is marked stopped."""
     from rmft_api.pipeline import cancel_run
     from rmft_api.run_state import load_config_of
     from rmft_api.store import RunPaths
 
     paths = RunPaths(run_dir)
-    ref = cancel_run(paths, load_config_of(paths))
-    if ref is None:
-        typer.echo(f"{paths.root}: no fine-tuning job to cancel; run marked stopped")
-    else:
-        typer.echo(f"{paths.root}: job {ref.job_id} is {ref.status}; run marked stopped")
+    outcome = cancel_run(paths, load_config_of(paths), wait_s=wait)
+    if not outcome.stopped:
+        typer.echo(
+            f"{paths.root}: asked pid {outcome.live_pid} to stop (stop.json); it has not stopped "
+            f"within {wait:g}s and will before its next paid request or poll, cancelling its job"
+        )
+        return
+    where = f"pid {outcome.live_pid} stopped; " if outcome.live_pid is not None else ""
+    jobs = ", ".join(f"job {r.job_id} is {r.status}" for r in outcome.jobs)
+    typer.echo(f"{paths.root}: {where}{jobs or 'no fine-tuning job to cancel'}; run marked stopped")
 
 
 @app.command()

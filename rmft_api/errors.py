@@ -52,6 +52,11 @@ class TrainingError(RmftError):
     """A fine-tuning job or local training run failed, was cancelled or was refused."""
 
 
+class StopRequested(RmftError):
+    """`rmft-api cancel` asked the running process to stop (stop.json); it stopped before its
+    next paid request or poll."""
+
+
 class StateError(RmftError):
     """The run directory is inconsistent, locked by another process, or from another config."""
 

@@ -6,6 +6,9 @@ before it settled, counts at its estimate: the service may have billed it. The t
 every budget guard starts from, so a resumed run is not granted the cap again. Cached replays
 are free and never enter it. A torn last line (a kill mid-write) is ignored and cut off.
 
+Every paid request of a run passes through its ledger, so it is also where a stop request
+(stop_request.py) is honoured: `admit()`, called before each request, runs the run's `gate`.
+
 Lines: {"id", "kind", "estimate_usd", "tokens"} to open, {"id", "cost_usd"} to settle
 (cost_usd null: failed, counted at the estimate).
 """
@@ -13,6 +16,7 @@ Lines: {"id", "kind", "estimate_usd", "tokens"} to open, {"id", "cost_usd"} to s
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -36,8 +40,10 @@ class LedgerLine(BaseModel):
 class Ledger:
     """The run's paid requests: open before sending, settle after."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, gate: Callable[[], None] | None = None) -> None:
+        """`gate`: raises (StopRequested) when no further request may be sent."""
         self.path = Path(path)
+        self.gate = gate
         self._lines: dict[str, LedgerLine] = {}
         self._settled: dict[str, float | None] = {}
         for line in read_jsonl(self.path, LedgerLine, missing_ok=True):
@@ -52,6 +58,11 @@ class Ledger:
             self._writer = JsonlWriter(self.path)
         self._writer.write(line)
         self._writer.sync()
+
+    def admit(self) -> None:
+        """Before a paid request is sent: raises when the run was asked to stop."""
+        if self.gate is not None:
+            self.gate()
 
     def open(self, *, estimate_usd: float, tokens: int, kind: str = "request") -> str:
         """Record a request about to be sent; returns its id for `settle`."""
@@ -76,6 +87,10 @@ class Ledger:
             cost = self._settled.get(entry)
             total += cost if cost is not None else (line.estimate_usd or 0.0)
         return total
+
+    def requests(self) -> int:
+        """Requests recorded as sent, answered or not (what the service may have served)."""
+        return sum(1 for line in self._lines.values() if line.kind == "request")
 
     def paid(self) -> int:
         """Requests settled as answered (what the service billed, as far as this side knows)."""

@@ -28,7 +28,7 @@ from rmft_api.config import (
 )
 from rmft_api.envs.scenarios import ScenarioChain, ScenarioRange, build_scenarios
 from rmft_api.error_log import one_line, write_error_log
-from rmft_api.errors import BudgetError, RmftError, StateError, TrainingError
+from rmft_api.errors import BudgetError, RmftError, StateError, StopRequested, TrainingError
 from rmft_api.ledger import Ledger, ledger_path
 from rmft_api.providers.base import Provider
 from rmft_api.rollout_progress import RolloutProgress
@@ -42,13 +42,16 @@ from rmft_api.run_state import (
     training_spent_usd,
 )
 from rmft_api.schema import Episode, JobRef
+from rmft_api.stop_request import STOP_MESSAGE, StopGate, clear_stop, request_stop
 from rmft_api.store import IterationPaths, RunLock, RunPaths, read_json, write_json_atomic
-from rmft_api.trainers.base import JobFailedError, Trainer, is_terminal
+from rmft_api.trainers.base import JobFailedError, RegisteredJobs, Trainer, is_terminal
+from rmft_api.trainers.crash import crash_point
 
 log = logging.getLogger(__name__)
 
 # Polling of a trainer whose config has no poll settings (a backend added without them).
 _POLL_FIRST_S, _POLL_CAP_S = 1.0, 15.0
+_STOP_CHECK_S = 0.2  # how often a wait between polls looks for a stop request
 
 ITERATION_PHASES: tuple[Phase, ...] = (
     "evaluate",
@@ -145,13 +148,16 @@ class Pipeline:
     lock: RunLock | None = None
     _providers: dict[str, Provider] = field(default_factory=dict)
     _ledger: Ledger | None = None
+    _stop: StopGate | None = None
 
     # ---------------------------------------------------------------- driving
 
     def run_to_end(self) -> RunState:
         """Hold the run lock and advance phase by phase until done; returns the final state.
         The lock is released on return, also one handed in by the caller."""
-        with self.lock if self.lock is not None else RunLock(self.run.root):
+        lock = self.lock if self.lock is not None else RunLock(self.run.root)
+        with lock:
+            self._stop = StopGate(self.run, since=lock.acquired_at or 0.0)
             state = asyncio.run(self._drive())
             if state.phase == "done":
                 self._write_report()
@@ -172,12 +178,17 @@ class Pipeline:
         if self._ledger is None:
             path = ledger_path(self.run.root)
             fresh = not path.is_file()
-            self._ledger = Ledger(path)
+            self._ledger = Ledger(path, gate=self.check_stop)
             if fresh:
                 from rmft_api.generalization import grid_spent_usd
 
                 self._ledger.carry(requests_spent_usd(self.run) + grid_spent_usd(self.run))
         return self._ledger
+
+    def check_stop(self) -> None:
+        """Raise StopRequested when `rmft-api cancel` asked this run to stop."""
+        if self._stop is not None:
+            self._stop.check()
 
     async def _drive(self) -> RunState:
         state = state_for_resume(self.run)
@@ -188,10 +199,21 @@ class Pipeline:
             if state.phase != "done":
                 await asyncio.to_thread(self._preflight, state)
             while state.phase != "done":
+                self.check_stop()
                 before = state
                 state = await self._step(state)
                 _crash_point(before)
                 save_state(self.run, state)
+        except StopRequested:
+            await self._close_providers()
+            message = STOP_MESSAGE
+            try:
+                await asyncio.to_thread(cancel_jobs, self.run, self.cfg, state)
+            except RmftError as e:
+                message = f"{STOP_MESSAGE}; cancelling its fine-tuning job failed: {e}"
+            save_state(self.run, state.model_copy(update={"status": "stopped", "message": message}))
+            clear_stop(self.run)
+            raise
         except RmftError as e:
             status: Literal["failed", "stopped"] = (
                 "stopped" if isinstance(e, BudgetError) else "failed"
@@ -497,6 +519,7 @@ class Pipeline:
                     f"delete {paths.job} and resume to train again"
                 )
         # submit is idempotent: it re-attaches to the job these inputs already started.
+        self.check_stop()
         ref = await asyncio.to_thread(
             trainer.submit,
             paths.train,
@@ -504,6 +527,7 @@ class Pipeline:
             iteration=state.iteration,
             out_dir=paths.adapter,
         )
+        crash_point("train:submitted")  # the job exists (in the trainer's registry), no job.json
         write_json_atomic(paths.job, ref)
         return await self._wait(trainer, ref, paths, state.iteration)
 
@@ -542,30 +566,101 @@ class Pipeline:
                 raise TrainingError(f"iteration {iteration}: job {ref.job_id} was cancelled")
             if is_terminal(ref.status):
                 raise TrainingError(f"iteration {iteration}: job ended as {ref.status}")
-            await asyncio.sleep(delay)
+            await self._sleep_unless_stopped(delay)
             delay = min(cap, delay * 1.5)
 
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        """Sleep between polls, raising StopRequested as soon as a stop is asked for."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            self.check_stop()
+            await asyncio.sleep(min(left, _STOP_CHECK_S))
+        self.check_stop()
 
-def cancel_run(run: RunPaths, cfg: Config) -> JobRef | None:
-    """Cancel the current iteration's fine-tuning job (if any) and mark the run stopped."""
-    state = load_state(run)
+
+def cancel_jobs(run: RunPaths, cfg: Config, state: RunState) -> list[JobRef]:
+    """Cancel the run's unfinished fine-tuning jobs: the current iteration's job.json and any job
+    the trainer's registry records as created but job.json does not hold yet. Returns them."""
     paths = run.iteration(state.iteration)
-    ref: JobRef | None = None
-    if paths.job.is_file():
-        ref = read_json(paths.job, JobRef)
-        if not is_terminal(ref.status):
-            ref = build_trainer(cfg, run).cancel(ref)
-            write_json_atomic(paths.job, ref)
-    save_state(run, state.model_copy(update={"status": "stopped", "message": "cancelled by user"}))
-    return ref
+    recorded = read_json(paths.job, JobRef) if paths.job.is_file() else None
+    if state.phase != "train" and recorded is None:
+        return []
+    trainer = build_trainer(cfg, run)
+    cancelled: list[JobRef] = []
+    try:
+        if recorded is not None and not is_terminal(recorded.status):
+            recorded = trainer.cancel(recorded)
+            write_json_atomic(paths.job, recorded)
+            cancelled.append(recorded)
+        registered = trainer.registered_jobs() if isinstance(trainer, RegisteredJobs) else []
+        for ref in registered:
+            if recorded is None or ref.job_id != recorded.job_id:
+                cancelled.append(trainer.cancel(ref))  # the registry records its new status
+    finally:
+        close = getattr(trainer, "close", None)
+        if callable(close):
+            close()
+    return cancelled
+
+
+@dataclass
+class CancelOutcome:
+    """What `rmft-api cancel` did."""
+
+    jobs: list[JobRef]  # the jobs it (or the running process) cancelled
+    live_pid: int | None = None  # the process that was working on the run, if any
+    stopped: bool = True  # False: that process has not stopped within the wait (it will)
+
+
+def cancel_run(run: RunPaths, cfg: Config, *, wait_s: float = 60.0) -> CancelOutcome:
+    """Stop the run: a process working on it is asked to stop (stop.json) and waited for up to
+    `wait_s`; then, holding the run lock, its unfinished jobs are cancelled (the current
+    job.json's and any only in the trainer's registry) and the run is marked stopped."""
+    import time
+
+    lock = RunLock(run.root)
+    live_pid: int | None = None
+    try:
+        lock.acquire()
+    except StateError:
+        holder = lock.holder()
+        live_pid = holder.pid if holder is not None else None
+        request_stop(run)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                lock.acquire()
+                break
+            except StateError:
+                if time.monotonic() >= deadline:
+                    return CancelOutcome(jobs=[], live_pid=live_pid, stopped=False)
+                time.sleep(0.05)
+    with lock:
+        state = load_state(run)
+        jobs = cancel_jobs(run, cfg, state)
+        if live_pid is not None:
+            # The process cancelled its jobs as it stopped; report them too.
+            jobs = jobs or _cancelled_now(run, state)
+        update = {"status": "stopped", "message": STOP_MESSAGE}
+        save_state(run, load_state(run).model_copy(update=update))
+        clear_stop(run)
+    return CancelOutcome(jobs=jobs, live_pid=live_pid)
+
+
+def _cancelled_now(run: RunPaths, state: RunState) -> list[JobRef]:
+    path = run.iteration(state.iteration).job
+    ref = read_json(path, JobRef) if path.is_file() else None
+    return [ref] if ref is not None and ref.status == "cancelled" else []
 
 
 __all__ = [
     "ITERATION_PHASES",
+    "CancelOutcome",
     "Pipeline",
     "Reporter",
     "SilentReporter",
     "build_trainer",
+    "cancel_jobs",
     "cancel_run",
     "training_scenarios",
 ]

@@ -134,6 +134,9 @@ class _Engine:
         self.usage = Usage()
         self.ledger = ledger
         self.budget = BudgetGuard(budget_usd, ledger=ledger)
+        # Paid requests handed to the provider at once: the rest wait here, not in the
+        # provider's queue, so a stop (or a failure) is seen before each one is sent.
+        self.sending = asyncio.Semaphore(max(1, cfg.policy.concurrency))
         self.regret_sum, self.complete = 0.0, 0  # complete episodes, resumed ones included
         self.failure: BaseException | None = None
 
@@ -224,6 +227,26 @@ class _Engine:
             )
             for i in missing
         ]
+        async with self.sending:
+            replies = await self.send([requests[i] for i in missing], sizes)
+        for i, reply in zip(missing, replies, strict=True):
+            out[i] = reply
+            if reply.error is None:
+                self.usage = self.usage + reply.usage
+            key = keys[i]
+            if self.cache is not None and key is not None:
+                self.cache.put(key, reply)
+        return [c for c in out if c is not None]
+
+    async def send(
+        self, requests: Sequence[tuple[list[Message], str]], sizes: Sequence[int]
+    ) -> list[Completion]:
+        """Paid requests: admitted (stop request, earlier failure, budget), each recorded in the
+        ledger before it is sent and settled after."""
+        if self.failure is not None:
+            raise self.failure  # another episode's request ended the call
+        if self.ledger is not None:
+            self.ledger.admit()
         await self.budget.reserve(sizes)
         estimates = [self.budget.estimate_usd(size) for size in sizes]
         entries = [
@@ -233,9 +256,9 @@ class _Engine:
         replies: list[Completion] = []
         try:
             replies = await self.provider.generate(
-                [requests[i][0] for i in missing],
+                [messages for messages, _ in requests],
                 self.sampling,
-                request_ids=[requests[i][1] for i in missing],
+                request_ids=[rid for _, rid in requests],
             )
         finally:
             for j, size in enumerate(sizes):
@@ -244,14 +267,7 @@ class _Engine:
                 self.budget.settle(size, cost_usd=cost, failed_estimate_usd=estimates[j])
                 if self.ledger is not None:
                     self.ledger.settle(entries[j], cost)
-        for i, reply in zip(missing, replies, strict=True):
-            out[i] = reply
-            if reply.error is None:
-                self.usage = self.usage + reply.usage
-            key = keys[i]
-            if self.cache is not None and key is not None:
-                self.cache.put(key, reply)
-        return [c for c in out if c is not None]
+        return replies
 
     # ------------------------------------------------------------ the two schedules
 

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,6 +111,10 @@ class RunPaths:
     @property
     def lock(self) -> Path:
         return self.root / "run.lock"
+
+    @property
+    def stop_request(self) -> Path:
+        return self.root / "stop.json"
 
     @property
     def report(self) -> Path:
@@ -383,6 +388,7 @@ class RunLock:
     def __init__(self, run_dir: str | Path) -> None:
         self.paths = RunPaths(Path(run_dir))
         self._fd: int | None = None
+        self.acquired_at: float | None = None  # time.time() when this process took it
 
     @property
     def held(self) -> bool:
@@ -412,6 +418,14 @@ class RunLock:
         os.pwrite(fd, info.model_dump_json().encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        self.acquired_at = time.time()
+
+    def holder(self) -> RunLockInfo | None:
+        """Who holds the lock (as it wrote itself into run.lock); None when unknown."""
+        try:
+            return RunLockInfo.model_validate_json(self.paths.lock.read_bytes())
+        except (OSError, ValidationError):
+            return None
 
     def release(self) -> None:
         if self._fd is None:

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 from rmft_api.errors import TrainingError
 from rmft_api.schema import TERMINAL_JOB_STATUSES, JobRef, JobStatus
 
-__all__ = ["JobFailedError", "JobRef", "JobStatus", "Trainer", "is_terminal"]
+__all__ = ["JobFailedError", "JobRef", "JobStatus", "RegisteredJobs", "Trainer", "is_terminal"]
 
 
 def is_terminal(status: str) -> bool:
@@ -56,4 +56,14 @@ class Trainer(Protocol):
     def cancel(self, ref: JobRef) -> JobRef:
         """Stop the job; returns it with status `cancelled` (or its terminal status if it had
         already finished)."""
+        ...
+
+
+@runtime_checkable
+class RegisteredJobs(Protocol):
+    """A hosted backend that records every job it creates in the run's registry."""
+
+    def registered_jobs(self) -> list[JobRef]:
+        """Jobs the registry records as created (with an id) and not known to have ended, e.g.
+        one created just before a kill, whose job.json was never written."""
         ...

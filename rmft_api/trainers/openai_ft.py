@@ -180,6 +180,9 @@ class OpenAIFineTuner:
         error = error_text(job) or ("cancelled by the user" if job.status == "cancelled" else None)
         return ref.model_copy(update={"status": job.status, "error": error})
 
+    def registered_jobs(self) -> list[JobRef]:
+        return self.registry.unfinished(self.backend)
+
     def wait(
         self,
         ref: JobRef,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from rmft_api.errors import StateError
-from rmft_api.schema import SCHEMA_VERSION, Record
+from rmft_api.schema import SCHEMA_VERSION, TERMINAL_JOB_STATUSES, JobRef, Record
 from rmft_api.store import read_json, write_json_atomic
 
 REGISTRY_FILE = "openai_ft.json"
@@ -88,6 +89,24 @@ class RegistryFile:
         for record in self.load().jobs:
             if record.job_id == job_id and record.status != status:
                 self.save_job(record.model_copy(update={"status": status}))
+
+    def unfinished(self, backend: Literal["openai", "azure", "together"]) -> list[JobRef]:
+        """Jobs created (an id recorded) whose last seen status is not terminal, as refs of
+        `backend` (enough to poll or cancel them; job.json may not hold them yet)."""
+        return [
+            JobRef(
+                backend=backend,
+                job_id=j.job_id,
+                status=j.status or "queued",
+                iteration=j.iteration,
+                base_policy=f"openai/{j.model}",
+                train_file="",
+                train_file_sha256=j.data_sha256,
+                metadata=j.metadata,
+            )
+            for j in self.load().jobs
+            if j.job_id is not None and j.status not in TERMINAL_JOB_STATUSES
+        ]
 
     def new_job(self, iteration: int, sha: str, model: str, *, attempt: int) -> JobRecord:
         """A job record (not saved yet) with the metadata that tags the job on the server."""

@@ -188,6 +188,9 @@ class TogetherFineTuner:
         self.registry.record_status(job_id, status)
         return ref.model_copy(update={"status": status, "error": "cancelled by the user"})
 
+    def registered_jobs(self) -> list[JobRef]:
+        return self.registry.unfinished("together")
+
     def start_of(self, base_policy: str) -> str:
         """What a job on `base_policy` starts from: a base model, or (continuing) the output
         model of an earlier job of this run."""
