@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from rmft_api.config import Config, LoraTrainerConfig
 from rmft_api.errors import BudgetError, ConfigError
+from rmft_api.ledger import format_usd
 from rmft_api.providers.pricing import PriceTable
 
 DEFAULT_EPOCHS = 3
@@ -106,8 +107,9 @@ def check_budget(estimate_usd: float, spent_usd: float, max_usd: float | None) -
     after = spent_usd + estimate_usd
     if after > max_usd:
         raise BudgetError(
-            f"the next step would cost about ${estimate_usd:.2f}; with ${spent_usd:.2f} already "
-            f"spent that makes ${after:.2f}, over budget.max_usd = ${max_usd:.2f}. Raise "
+            f"the next step would cost about {format_usd(estimate_usd)}; with "
+            f"{format_usd(spent_usd)} already spent that makes {format_usd(after)}, over "
+            f"budget.max_usd = {format_usd(max_usd)}. Raise "
             "budget.max_usd (--set budget.max_usd=...) or make the iteration smaller "
             "(fewer scenarios or rollouts, a shorter horizon, fewer epochs)."
         )

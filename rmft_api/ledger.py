@@ -15,6 +15,7 @@ Lines: {"id", "kind", "estimate_usd", "tokens"} to open, {"id", "cost_usd"} to s
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -113,6 +114,18 @@ class Ledger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def format_usd(amount: float) -> str:
+    """Dollars with the digits that matter: `$12.50`, `$0.50`, `$0.0005`, `$0.000523`."""
+    if amount == 0:
+        return "$0.00"
+    if abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    decimals = max(2, 2 - math.floor(math.log10(abs(amount))))  # three significant digits
+    text = f"{amount:.{decimals}f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"${whole}.{frac.ljust(2, '0')}"
 
 
 def ledger_path(directory: str | Path) -> Path:

@@ -29,7 +29,7 @@ from rmft_api.config import (
 from rmft_api.envs.scenarios import ScenarioChain, ScenarioRange, build_scenarios
 from rmft_api.error_log import one_line, write_error_log
 from rmft_api.errors import BudgetError, RmftError, StateError, StopRequested, TrainingError
-from rmft_api.ledger import Ledger, ledger_path
+from rmft_api.ledger import Ledger, format_usd, ledger_path
 from rmft_api.providers.base import Provider
 from rmft_api.rollout_progress import RolloutProgress
 from rmft_api.run_state import (
@@ -312,7 +312,9 @@ class Pipeline:
         training = training_spent_usd(self.run, self.cfg.prices)
         if self.cfg.budget.max_usd - training - self.ledger().total_usd() <= 0:
             raise BudgetError(
-                f"budget.max_usd = {self.cfg.budget.max_usd:.2f} is spent; raise it and resume"
+                f"budget.max_usd = {format_usd(self.cfg.budget.max_usd)} is spent "
+                f"({format_usd(self.ledger().total_usd())} on {self.ledger().requests()} "
+                "requests in the ledger, and training); raise it and resume"
             )
         return self.cfg.budget.max_usd - training
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from rmft_api.errors import BudgetError
-from rmft_api.ledger import Ledger
+from rmft_api.ledger import Ledger, format_usd
 
 _RATES_KEPT = 64
 
@@ -27,8 +27,10 @@ class BudgetGuard:
         """With a ledger, spending starts from its total (what earlier invocations paid,
         failed requests at their estimate) and its recent prices per token."""
         self.max_usd = max_usd
+        self.ledger = ledger
         self.spent_usd = ledger.total_usd() if ledger is not None else 0.0
         self.paid = 0
+        self.settled = 0  # requests this guard released, answered or not
         self._reserved_tokens = 0
         self._in_flight = 0
         self._usd_per_token: deque[float] = deque(maxlen=_RATES_KEPT)
@@ -45,20 +47,28 @@ class BudgetGuard:
             await self._priced.wait()
         if self.max_usd is not None and self.spent_usd >= self.max_usd:
             raise BudgetError(
-                f"budget.max_usd = {self.max_usd:.2f} is spent (${self.spent_usd:.4f} in the "
+                f"budget.max_usd = {format_usd(self.max_usd)} is spent "
+                f"({format_usd(self.spent_usd)} on {self.requests_sent()} requests in the "
                 "ledger); raise it and resume"
             )
         if self.max_usd is not None and self._usd_per_token:
             rate = max(self._usd_per_token)
             if self.spent_usd + rate * (self._reserved_tokens + tokens) > self.max_usd:
                 raise BudgetError(
-                    f"budget.max_usd = {self.max_usd:.2f} reached: ${self.spent_usd:.4f} spent "
-                    f"on {self.paid} requests; the next (~{tokens} tokens at up to "
-                    f"${rate * 1e6:.3f} per 1M) could pass the cap. Finished episodes are "
-                    "saved; raise the budget and resume."
+                    f"budget.max_usd = {format_usd(self.max_usd)} reached: "
+                    f"{format_usd(self.spent_usd)} spent on {self.requests_sent()} requests; "
+                    f"the next (~{tokens} tokens at up to {format_usd(rate * 1e6)} per 1M) "
+                    "could pass the cap. Finished episodes are saved; raise the budget and resume."
                 )
         self._reserved_tokens += tokens
         self._in_flight += len(sizes)
+
+    def requests_sent(self) -> int:
+        """Requests sent so far: the ledger's (every invocation of the run, answered or not),
+        else this guard's own."""
+        if self.ledger is not None:
+            return self.ledger.requests()
+        return self.settled + self._in_flight
 
     def estimate_usd(self, tokens: int) -> float:
         """What a request of this size may cost at the dearest recent price (0 before any)."""
@@ -71,6 +81,7 @@ class BudgetGuard:
         `failed_estimate_usd` (the service may have billed it)."""
         self._reserved_tokens -= tokens
         self._in_flight -= 1
+        self.settled += 1
         self.spent_usd += failed_estimate_usd if cost_usd is None else 0.0
         if cost_usd is not None:
             self.paid += 1

@@ -192,6 +192,32 @@ def test_resumes_after_a_budget_stop_spend_no_more_than_the_cap_in_total(
     assert ledger.total_usd() == pytest.approx(billed)
 
 
+def test_the_budget_stop_shows_the_cap_exactly_and_counts_the_ledgers_requests(
+    tmp_path: Path, start_sandbox: Callable[..., Any]
+) -> None:
+    """A $0.0005 cap is shown as $0.0005 (not 0.00), and "spent on N requests" is what the
+    sandbox served over every invocation, not what the last guard saw answered."""
+    from rmft_api.errors import BudgetError
+    from rmft_api.rollout_report import rollout_and_compare
+
+    server = start_sandbox(resolve("agent/ucb1"))
+    cfg = _cfg(
+        tmp_path,
+        env={"horizon": 20},
+        policy={"spec": "openai/gpt-4o-mini", "base_url": server.base_url, "concurrency": 4},
+        budget={"max_usd": 0.0005},
+    )
+    out = tmp_path / "rollout"
+    for _ in range(2):  # the first stop, then a resume that is refused at once
+        with pytest.raises(BudgetError) as stop:
+            rollout_and_compare(cfg, out_dir=out, scenarios=8, rollouts=2)
+        message = str(stop.value)
+        assert "budget.max_usd = $0.0005 " in message
+        served = server.state.requests["/v1/chat/completions"]
+        assert served > 1 and f"on {served} requests" in message
+        assert "0.00 " not in message
+
+
 def test_the_ledger_counts_failed_and_unsettled_requests_and_survives_a_torn_line(
     tmp_path: Path,
 ) -> None:

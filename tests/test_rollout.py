@@ -186,7 +186,7 @@ def test_budget_cap_stops_before_passing_it_and_the_cache_replays_paid_turns(
     cache = ResponseCache(tmp_path / "responses.jsonl")
     priced = {"model": "gpt-4o-mini"}
     client = OpenAIProvider(priced["model"], base_url=server.base_url, concurrency=4)
-    with pytest.raises(BudgetError, match=r"budget.max_usd = 0.01"):
+    with pytest.raises(BudgetError, match=r"budget.max_usd = \$0.01"):
         rollout(client, cfg, out, scenarios=4, rollouts=2, cache=cache, budget_usd=0.01)
     spent = client.stats.cost_usd
     assert 0.008 < spent <= 0.01  # close to the cap, never over it
