@@ -21,6 +21,7 @@ from rmft_api.sandbox.server import SandboxServer
 from rmft_api.sandbox.state import SandboxSettings
 from rmft_api.schema import Episode, JobRef
 from rmft_api.store import RunPaths, read_json, read_jsonl
+from rmft_api.trainers.openai_ft_registry import REGISTRY_FILE, FineTuneRegistry
 from tests.test_openai_path import FAST, cli, only_run
 
 together = pytest.importorskip("together")
@@ -286,6 +287,30 @@ def test_cancel_stops_the_job_and_a_new_submit_is_a_new_attempt(
     assert retried.job_id != ref.job_id and retried.metadata["suffix"] != ref.metadata["suffix"]
     assert len(server_jobs(server)) == 2
     trainer.close()
+
+
+def test_cancel_finds_and_cancels_a_job_whose_create_was_never_answered(tmp_path: Path) -> None:
+    """Killed between Together's create and the id's record: the registry holds only the intent;
+    `rmft-api cancel` finds the job by its suffix, records its id and cancels it (so a resume
+    starts a new attempt rather than re-attaching to the cancelled job)."""
+    settings = SandboxSettings(fine_tuning={**FAST, "steps": 400, "step_s": 0.1})
+    with SandboxServer(settings, resolve("agent/thompson", seed=0)) as server:
+        config = write_config(tmp_path, server)
+        env = {"TOGETHER_API_KEY": KEY}
+        killed = cli("run", str(config), env={**env, "RMFT_KILL_AT": "together:job-created"})
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        run = only_run(tmp_path)
+        registry = read_json(run.root / "together" / REGISTRY_FILE, FineTuneRegistry)
+        assert [j.job_id for j in registry.jobs] == [None]
+        [job] = server_jobs(server)
+        assert job.status not in ("cancelled", "completed")
+        cancelled = cli("cancel", str(run.root), env=env)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert f"job {job.id} is cancelled" in cancelled.stdout
+        assert [j.status for j in server_jobs(server)] == ["cancelled"]
+        registry = read_json(run.root / "together" / REGISTRY_FILE, FineTuneRegistry)
+        assert [(j.job_id, j.status) for j in registry.jobs] == [(job.id, "cancelled")]
+        assert load_state(run).status == "stopped"
 
 
 def test_the_preflight_notes_togethers_model_list_instead_of_failing(

@@ -48,6 +48,7 @@ from rmft_api.trainers.openai_ft_registry import (
     JobRecord,
     RegistryFile,
     UploadRecord,
+    job_ref,
 )
 
 __all__ = ["ALTERNATIVES", "REGISTRY_FILE", "OpenAIFineTuner"]
@@ -181,7 +182,16 @@ class OpenAIFineTuner:
         return ref.model_copy(update={"status": job.status, "error": error})
 
     def registered_jobs(self) -> list[JobRef]:
-        return self.registry.unfinished(self.backend)
+        """Unfinished jobs of the registry, and those whose create was never answered but that
+        the service lists (found by their metadata)."""
+        found = []
+        for record in self.registry.unanswered():
+            job = self.api.find_job(record.metadata)
+            if job is not None:  # its id is known now: recorded, so a resume re-attaches
+                self.registry.save_job(record.model_copy(update={"job_id": job.id}))
+            if job is not None and not is_terminal(job.status):
+                found.append(job_ref(record, self.backend, job_id=job.id, status=job.status))
+        return self.registry.unfinished(self.backend) + found
 
     def wait(
         self,

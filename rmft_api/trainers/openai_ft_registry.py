@@ -19,6 +19,7 @@ from rmft_api.schema import SCHEMA_VERSION, TERMINAL_JOB_STATUSES, JobRef, Recor
 from rmft_api.store import read_json, write_json_atomic
 
 REGISTRY_FILE = "openai_ft.json"
+Backend = Literal["openai", "azure", "together"]
 
 
 class UploadRecord(Record):
@@ -90,23 +91,18 @@ class RegistryFile:
             if record.job_id == job_id and record.status != status:
                 self.save_job(record.model_copy(update={"status": status}))
 
-    def unfinished(self, backend: Literal["openai", "azure", "together"]) -> list[JobRef]:
+    def unfinished(self, backend: Backend) -> list[JobRef]:
         """Jobs created (an id recorded) whose last seen status is not terminal, as refs of
         `backend` (enough to poll or cancel them; job.json may not hold them yet)."""
         return [
-            JobRef(
-                backend=backend,
-                job_id=j.job_id,
-                status=j.status or "queued",
-                iteration=j.iteration,
-                base_policy=f"openai/{j.model}",
-                train_file="",
-                train_file_sha256=j.data_sha256,
-                metadata=j.metadata,
-            )
+            job_ref(j, backend, job_id=j.job_id, status=j.status or "queued")
             for j in self.load().jobs
             if j.job_id is not None and j.status not in TERMINAL_JOB_STATUSES
         ]
+
+    def unanswered(self) -> list[JobRecord]:
+        """Job creates announced whose answer never came (the job may exist on the server)."""
+        return [j for j in self.load().jobs if j.job_id is None]
 
     def new_job(self, iteration: int, sha: str, model: str, *, attempt: int) -> JobRecord:
         """A job record (not saved yet) with the metadata that tags the job on the server."""
@@ -124,6 +120,20 @@ class RegistryFile:
             metadata=metadata,
             requested_at=time.time(),
         )
+
+
+def job_ref(record: JobRecord, backend: Backend, *, job_id: str, status: str) -> JobRef:
+    """A ref to the job of `record` with enough to poll or cancel it."""
+    return JobRef(
+        backend=backend,
+        job_id=job_id,
+        status=status,
+        iteration=record.iteration,
+        base_policy=f"openai/{record.model}",
+        train_file="",
+        train_file_sha256=record.data_sha256,
+        metadata=record.metadata,
+    )
 
 
 def _job_key(record: JobRecord) -> tuple[int, str, str, int]:

@@ -52,7 +52,7 @@ from rmft_api.trainers.base import JobFailedError, is_terminal
 from rmft_api.trainers.crash import crash_point
 from rmft_api.trainers.create_once import CreatePolicy
 from rmft_api.trainers.openai_ft_api import ALTERNATIVES
-from rmft_api.trainers.openai_ft_registry import JobRecord, RegistryFile, UploadRecord
+from rmft_api.trainers.openai_ft_registry import JobRecord, RegistryFile, UploadRecord, job_ref
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -189,7 +189,24 @@ class TogetherFineTuner:
         return ref.model_copy(update={"status": status, "error": "cancelled by the user"})
 
     def registered_jobs(self) -> list[JobRef]:
-        return self.registry.unfinished("together")
+        """Unfinished jobs of the registry, and those whose create was never answered but that
+        Together lists (found by their suffix)."""
+        found = []
+        for record in self.registry.unanswered():
+            job = self._find_job(record.metadata.get("suffix", ""))
+            status = STATUS.get(str(job.status), str(job.status)) if job is not None else ""
+            if job is not None:  # its id is known now: recorded, so a resume re-attaches
+                self.registry.save_job(record.model_copy(update={"job_id": str(job.id)}))
+            if job is not None and not is_terminal(status):
+                found.append(job_ref(record, "together", job_id=str(job.id), status=status))
+        return self.registry.unfinished("together") + found
+
+    def _find_job(self, suffix: str) -> Any:
+        """The newest job with this suffix (the run's tag), or None."""
+        if not suffix:
+            return None
+        listed = self._read(self.client.fine_tuning.list)
+        return next((j for j in listed.data if j.suffix == suffix), None)
 
     def start_of(self, base_policy: str) -> str:
         """What a job on `base_policy` starts from: a base model, or (continuing) the output
@@ -276,10 +293,6 @@ class TogetherFineTuner:
         else:
             params["model"] = record.model
 
-        def find() -> Any:
-            listed = self._read(self.client.fine_tuning.list)
-            return next((j for j in listed.data if j.suffix == suffix), None)
-
         def create() -> Any:
             # The limits of the root model; the SDK would otherwise ask for a checkpoint's.
             limits = self.client.fine_tuning.model_limits(model_name=root)
@@ -288,7 +301,7 @@ class TogetherFineTuner:
         job = self.creates.create(
             f"Together job for iteration {record.iteration}",
             announce=lambda: self.registry.save_job(record),
-            lookup=find,
+            lookup=lambda: self._find_job(suffix),
             create=create,
             announced_at=record.requested_at if announced else None,
         )
