@@ -643,8 +643,7 @@ def cancel_run(run: RunPaths, cfg: Config, *, wait_s: float = 60.0) -> CancelOut
         if live_pid is not None:
             # The process cancelled its jobs as it stopped; report them too.
             jobs = jobs or _cancelled_now(run, state)
-        update = {"status": "stopped", "message": STOP_MESSAGE}
-        save_state(run, load_state(run).model_copy(update=update))
+        save_state(run, state.model_copy(update={"status": "stopped", "message": STOP_MESSAGE}))
         clear_stop(run)
     return CancelOutcome(jobs=jobs, live_pid=live_pid)
 
