@@ -7,8 +7,10 @@ Heavy modules (torch, transformers, openai) are imported inside the commands tha
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -525,6 +527,13 @@ def run(
     reporter.console.print(f"run directory: {run_paths.root}")
     try:
         Pipeline(cfg, run_paths, reporter=reporter, lock=lock).run_to_end()
+    except KeyboardInterrupt:
+        reporter.close()
+        typer.echo(
+            f"interrupted; state saved: `rmft-api run --resume {run_paths.root}` continues",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     finally:
         lock.release()  # already released unless the pipeline never started
         reporter.close()
@@ -773,6 +782,7 @@ def main() -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         app()
     except RmftError as e:
@@ -792,6 +802,16 @@ def main() -> None:
             fg=typer.colors.RED,
         )
         sys.exit(1)
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM is handled as Ctrl-C: through whatever SIGINT handler is current (asyncio's
+    cancels the running pipeline, which records the run as interrupted)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
 
 
 def _first_lines(text: str, limit: int = 2000) -> str:

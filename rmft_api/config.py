@@ -12,7 +12,7 @@ import json
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -496,12 +496,37 @@ class LoraTrainerConfig(Section):
         description="Times a training process that died without a word is restarted (resuming "
         "from its last checkpoint) before the job is marked failed.",
     )
+    stall_timeout_s: float | None = Field(
+        default=3600.0,
+        gt=0,
+        description="A training process whose status has not moved for this long (no step "
+        "finished, no phase change) is killed and restarted (counted in max_restarts); "
+        "None = wait forever.",
+    )
     poll_interval_s: float = Field(
         default=1.0, gt=0, description="First wait between the pipeline's polls of the job."
     )
     max_poll_interval_s: float = Field(
         default=15.0, gt=0, description="Cap of the backoff between polls (×1.5 while idle)."
     )
+
+    # Settings that change how a job is run or watched, not what it computes: changing them
+    # between a kill and the resume keeps the job (and its checkpoints).
+    RUN_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {
+            "cpu_threads",
+            "max_restarts",
+            "stall_timeout_s",
+            "poll_interval_s",
+            "max_poll_interval_s",
+            "checkpoint_every_steps",
+            "keep_checkpoints",
+        }
+    )
+
+    def training_fingerprint(self) -> str:
+        """JSON of the settings that determine the trained adapter (all but RUN_ONLY)."""
+        return self.model_dump_json(exclude=set(self.RUN_ONLY))
 
 
 class AzureTrainerConfig(OpenAITrainerConfig):

@@ -192,7 +192,7 @@ class Pipeline:
 
     async def _drive(self) -> RunState:
         state = state_for_resume(self.run)
-        if state.status in ("failed", "stopped"):
+        if state.status in ("failed", "stopped", "interrupted"):
             state = state.model_copy(update={"status": "running", "message": None})
             save_state(self.run, state)
         try:
@@ -213,6 +213,13 @@ class Pipeline:
                 message = f"{STOP_MESSAGE}; cancelling its fine-tuning job failed: {e}"
             save_state(self.run, state.model_copy(update={"status": "stopped", "message": message}))
             clear_stop(self.run)
+            raise
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            # Ctrl-C (asyncio cancels this task) or SIGTERM (the CLI turns it into a Ctrl-C).
+            message = f"interrupted; `rmft-api run --resume {self.run.root}` continues"
+            save_state(
+                self.run, state.model_copy(update={"status": "interrupted", "message": message})
+            )
             raise
         except RmftError as e:
             status: Literal["failed", "stopped"] = (

@@ -19,7 +19,8 @@ from rmft_api.schema import SCHEMA_VERSION, Episode, JobRef, Record
 from rmft_api.store import RunLock, RunPaths, read_json, read_jsonl, write_json_atomic
 
 Phase = Literal["evaluate", "rollout", "select", "export", "validate", "train", "done"]
-RunStatus = Literal["running", "completed", "failed", "stopped"]
+# interrupted: Ctrl-C or SIGTERM; `run --resume` continues where it was.
+RunStatus = Literal["running", "completed", "failed", "stopped", "interrupted"]
 
 
 class RunInfo(Record):

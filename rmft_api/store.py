@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -187,6 +188,27 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and directory under `root` (and `root`) to disk, deepest first."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def replace_dir_durably(tmp: Path, final: Path) -> None:
+    """Move the finished directory `tmp` to `final` so that `final` is whole or absent after a
+    crash: flush `tmp`'s contents, drop any old `final`, rename, flush the parent."""
+    fsync_tree(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

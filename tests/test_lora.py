@@ -26,7 +26,7 @@ from rmft_api.models.tiny import build_tiny_lm  # noqa: E402
 from rmft_api.schema import JobRef, Message  # noqa: E402
 from rmft_api.store import read_json, write_json_atomic  # noqa: E402
 from rmft_api.trainers.base import JobFailedError, Trainer, is_terminal  # noqa: E402
-from rmft_api.trainers.lora import LocalLoraTrainer, main  # noqa: E402
+from rmft_api.trainers.lora import LocalLoraTrainer, main, trainer_running  # noqa: E402
 from rmft_api.trainers.lora_data import (  # noqa: E402
     IGNORE_INDEX,
     read_chat_jsonl,
@@ -258,8 +258,13 @@ def test_killed_training_resumes_to_the_same_adapter(
 
     # A fresh trainer, as after the orchestrator itself restarted: it must see the killed
     # process (a zombie of this test process until reaped) as dead, restart it, and re-attach.
-    trainer = LocalLoraTrainer(config())
-    ref = wait_terminal(trainer, ref)  # the poll that sees it dead restarts it
+    # Settings that do not change what is trained differ now: the job and its checkpoints stay.
+    run_only = {"cpu_threads": 2, "max_restarts": 4, "stall_timeout_s": 900, "keep_checkpoints": 3}
+    trainer = LocalLoraTrainer(config(**run_only))
+    again = trainer.submit(train_file, base_policy=f"hf/{tiny}", iteration=0, out_dir=out)
+    assert again.job_id == ref.job_id
+    assert read_json(job_dir / "job.json", LoraJobSpec).config.max_restarts == 4
+    ref = wait_terminal(trainer, again)  # the poll that sees it dead restarts it
     assert ref.status == "succeeded"
     status = read_json(job_dir / "status.json", LoraStatus)
     assert status.resumed_from_step is not None and status.resumed_from_step >= 3
@@ -306,6 +311,99 @@ def test_init_from_previous_continues_the_given_adapter(
     assert continued_loss < 0.7 * fresh_loss, (continued_loss, fresh_loss)
 
 
+def test_a_checkpoint_without_its_marker_is_ignored(
+    tiny: Path, train_file: Path, reference: Path, tmp_path: Path
+) -> None:
+    # A step dir whose files never reached the disk whole (no COMPLETE marker): resuming from
+    # it would load garbage; the job trains from the start instead, to the same adapter.
+    trainer = LocalLoraTrainer(config())
+    out = tmp_path / "adapter"
+    spec = trainer._make_spec(train_file, base_policy=f"hf/{tiny}", iteration=0, out_dir=out)
+    torn = Path(spec.job_dir) / "checkpoints" / "step-6"
+    torn.mkdir(parents=True)
+    (torn / "state.pt").write_bytes(b"\x80\x02torn")
+    write_json_atomic(Path(spec.job_dir) / "job.json", spec)
+    assert main(["--job", str(Path(spec.job_dir) / "job.json")]) == 0
+    status = read_json(Path(spec.job_dir) / "status.json", LoraStatus)
+    assert status.status == "succeeded" and status.resumed_from_step is None
+    written = list_checkpoints(Path(spec.job_dir))
+    assert written and all((p / "COMPLETE").is_file() for p in written)
+    resumed, uninterrupted = adapter_tensors(out), adapter_tensors(reference)
+    for name, tensor in uninterrupted.items():
+        assert torch.allclose(resumed[name], tensor, atol=1e-6), name
+
+
+def job_processes(job_file: Path) -> list[int]:
+    """Pids of the live processes running this job file (procfs)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if str(job_file) in cmdline.split("\0") and state not in ("Z", "X"):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs procfs")
+def test_a_kill_between_start_and_record_leaves_one_trainer(tiny: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
+    out = tmp_path / "adapter"
+    cfg = config()
+    # The orchestrator starts the training process and is SIGKILLed before process.json.
+    script = (
+        "import sys; from pathlib import Path; from rmft_api.config import LoraTrainerConfig; "
+        "from rmft_api.trainers.lora import LocalLoraTrainer; "
+        "t = LocalLoraTrainer(LoraTrainerConfig.model_validate_json(sys.argv[1])); "
+        "t.submit(Path(sys.argv[2]), base_policy=sys.argv[3], iteration=0, "
+        "out_dir=Path(sys.argv[4]))"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script, cfg.model_dump_json(), str(train), f"hf/{tiny}", str(out)],
+        env={**os.environ, "RMFT_KILL_AT": "lora-started"},
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    job_dir = tmp_path / "adapter-job"
+    assert not (job_dir / "process.json").exists()
+    assert len(job_processes(job_dir / "job.json")) == 1  # the orphan trains on
+
+    trainer = LocalLoraTrainer(cfg)
+    ref = trainer.submit(train, base_policy=f"hf/{tiny}", iteration=0, out_dir=out)
+    seen = set()
+    while not is_terminal(ref.status):
+        running = job_processes(job_dir / "job.json")
+        assert len(running) <= 1, running
+        seen.update(running)
+        time.sleep(0.1)
+        ref = trainer.poll(ref)
+    assert ref.status == "succeeded"
+    assert len(seen) == 1  # the orphan finished the job; no second one was started
+    assert (job_dir / "train.log").read_text().count("saved adapter to") == 1
+    deadline = time.monotonic() + 20
+    while trainer_running(job_dir):  # it wrote its final status and is exiting
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_hung_trainer_is_killed_restarted_then_failed(tiny: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "RMFT_HANG_AT": "lora-validating"}  # every attempt hangs
+    trainer = LocalLoraTrainer(config(stall_timeout_s=2, max_restarts=1), env=env)
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows(2))
+    ref = trainer.submit(train, base_policy=f"hf/{tiny}", iteration=0, out_dir=tmp_path / "a")
+    job_dir = Path(ref.job_dir or "")
+    with pytest.raises(JobFailedError, match=r"no progress for 2 s \(trainer.stall_timeout_s\)"):
+        wait_terminal(trainer, ref, timeout_s=60)
+    assert read_json(job_dir / "process.json", LoraProcess).restarts == 1
+    assert not trainer_running(job_dir) and job_processes(job_dir / "job.json") == []
+
+
 # ---------------------------------------------------------------- failures and cancellation
 
 
@@ -328,7 +426,7 @@ def test_a_process_that_keeps_dying_is_restarted_then_failed(tiny: Path, tmp_pat
     trainer = LocalLoraTrainer(config(launcher=["true"], max_restarts=2))
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows(2))
     ref = trainer.submit(train, base_policy=f"hf/{tiny}", iteration=0, out_dir=tmp_path / "a")
-    with pytest.raises(JobFailedError, match="died 3 times"):
+    with pytest.raises(JobFailedError, match="ended 3 times"):
         wait_terminal(trainer, ref, timeout_s=20)
     assert read_json(Path(ref.job_dir or "") / "process.json", LoraProcess).restarts == 2
 

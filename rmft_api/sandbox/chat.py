@@ -174,6 +174,10 @@ async def _chat(request: Request, state: SandboxState) -> Response:
     state.completions += 1
     state.prompt_tokens += prompt_tokens
     state.completion_tokens += completion_tokens
+    billed = state.billed_by_model.setdefault(model, [0, 0, 0])
+    billed[0] += 1
+    billed[1] += prompt_tokens
+    billed[2] += completion_tokens
     body = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",

@@ -89,6 +89,8 @@ class SandboxState:
         self.completions = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        # The bill by model: [completions, prompt tokens, completion tokens] answered.
+        self.billed_by_model: dict[str, list[int]] = {}
         self.dropped = 0  # connections closed with no response
         # time.monotonic() of each chat request reaching the limiter, for rate checks in tests.
         self.chat_arrivals: deque[float] = deque(maxlen=MAX_ARRIVALS_KEPT)
@@ -120,6 +122,7 @@ class SandboxState:
             "completions": self.completions,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "billed_by_model": {m: list(v) for m, v in self.billed_by_model.items()},
             "dropped": self.dropped,
             "files": len(self.files.files),
             "fine_tuning_jobs": {job.id: job.status for job in self.jobs.jobs.values()},

@@ -8,12 +8,24 @@ restarted on the next poll and resumes from its last checkpoint, up to `max_rest
 A subprocess frees the accelerator when it ends, isolates crashes, and keeps torch out of the
 orchestrating process: this module imports no torch.
 
+One training process per job, race-free: the trainer flocks `trainer.lock` before it starts one and
+the process inherits the lock, so the lock is held exactly while a process lives, whether or not
+`process.json` was written (the orchestrator may be killed in between). A live process whose
+status has not moved for `stall_timeout_s` is killed and restarted like a dead one.
+
+The job id (and so the reuse of its checkpoints) depends only on what determines the adapter: the
+data, the base model's and initial adapter's files, the seed and the training settings; settings
+that only change how the job runs (`LoraTrainerConfig.RUN_ONLY`) may change between a kill and
+the resume.
+
 Job directory (`<out_dir>-job/` next to the adapter, e.g. `iter-003/adapter-job/`): `job.json`,
-`status.json`, `process.json`, `train.log`, `checkpoints/step-N/`.
+`status.json`, `process.json`, `trainer.lock`, `train.log`, `checkpoints/step-N/`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -32,6 +44,7 @@ from rmft_api.models.loading import DtypeName
 from rmft_api.schema import JobProgress, JobRef
 from rmft_api.store import read_json, write_json_atomic
 from rmft_api.trainers.base import JobFailedError, is_terminal
+from rmft_api.trainers.crash import crash_point
 from rmft_api.trainers.lora_job import (
     ENTRY_MODULE,
     LoraJobSpec,
@@ -64,6 +77,57 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None]:
 
 def job_dir_for(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}-job"
+
+
+LOCK_FILE = "trainer.lock"
+
+
+def _take_lock(job_dir: Path) -> int | None:
+    """A descriptor holding the job's trainer lock, or None: a training process holds it."""
+    fd = os.open(job_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def trainer_running(job_dir: Path) -> bool:
+    """Whether a training process of this job lives (it holds `trainer.lock`)."""
+    if not job_dir.is_dir():
+        return False
+    fd = _take_lock(job_dir)
+    if fd is None:
+        return True
+    os.close(fd)  # releases it
+    return False
+
+
+# Files above this size are fingerprinted by size, head and tail (weights differ throughout).
+_WHOLE_HASH_BYTES = 64 << 20
+_PART_BYTES = 1 << 20
+
+
+def dir_digest(path: Path) -> str:
+    """A content fingerprint of a model or adapter directory (or file), independent of where it
+    lies: every file's relative name and bytes (large files: size, first and last MiB). A name
+    that is not on disk (a hub id) stands for itself."""
+    digest = hashlib.sha256()
+    if not path.exists():
+        return f"name:{path}"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(path) if f != path else f.name}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            if size <= _WHOLE_HASH_BYTES:
+                digest.update(fh.read())
+            else:
+                digest.update(fh.read(_PART_BYTES))
+                fh.seek(size - _PART_BYTES)
+                digest.update(fh.read(_PART_BYTES))
+    return digest.hexdigest()
 
 
 # Hosted providers' keys the training subprocess never needs (it trains from local files): any
@@ -127,6 +191,8 @@ class LocalLoraTrainer:
         )
         existing = self._read_spec(job_dir)
         if existing is not None and existing.job_id == spec.job_id:
+            if existing != spec:  # run-only settings or paths changed: the next start uses them
+                write_json_atomic(job_dir / "job.json", spec)
             status = self._read_status(job_dir)
             lost = (
                 status is not None
@@ -154,8 +220,26 @@ class LocalLoraTrainer:
         status = self._read_status(job_dir)
         if status is None:
             raise StateError(f"{job_dir}: no status.json; was job {ref.job_id} submitted here?")
-        if not is_terminal(status.status) and not alive:
-            status = self._restart_or_fail(job_dir, status)
+        if not is_terminal(status.status):
+            stall = self.config.stall_timeout_s
+            if not alive:
+                status = self._restart_or_fail(
+                    job_dir, status, why="died without reporting an error (killed? out of memory?)"
+                )
+            elif stall is not None and time.time() - status.updated_at > stall:
+                log.warning(
+                    "LoRA job %s: no progress for %.0f s at step %d; killing it",
+                    ref.job_id,
+                    time.time() - status.updated_at,
+                    status.step,
+                )
+                self._stop(job_dir, ref.job_id)
+                status = self._restart_or_fail(
+                    job_dir,
+                    status,
+                    why=f"made no progress for {stall:g} s (trainer.stall_timeout_s) and "
+                    "was killed",
+                )
         updated = ref.model_copy(
             update={
                 "status": status.status,
@@ -223,11 +307,10 @@ class LocalLoraTrainer:
         identity = "|".join(
             [
                 sha,
-                str(Path(base_model).resolve()),
-                str(init_adapter and Path(init_adapter).resolve()),
-                str(out_dir.resolve()),
+                dir_digest(Path(base_model)),
+                dir_digest(Path(init_adapter)) if init_adapter else "fresh",
                 str(seed),
-                self.config.model_dump_json(),
+                self.config.training_fingerprint(),
             ]
         )
         job_id = f"lora-it{iteration:03d}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
@@ -251,37 +334,59 @@ class LocalLoraTrainer:
         return [*prefix, "-m", ENTRY_MODULE, "--job", str(job_file)]
 
     def _launch(self, spec: LoraJobSpec, *, restarts: int) -> None:
+        """Start a training process, unless one of this job already runs (holds the lock)."""
         job_dir = Path(spec.job_dir)
-        queued = LoraStatus(job_id=spec.job_id, status="queued", updated_at=time.time())
-        write_json_atomic(job_dir / "status.json", queued)
+        lock = _take_lock(job_dir)
+        if lock is None:
+            log.info(
+                "LoRA job %s: a training process is running; not starting another", spec.job_id
+            )
+            return
         cmd = self.command(job_dir / "job.json")
         env = {**self._env, "PYTHONUNBUFFERED": "1"}
-        with (job_dir / "train.log").open("ab") as logf:
-            # A session of its own: cancel signals the whole group (launcher + ranks), and a
-            # Ctrl-C meant for the orchestrator does not kill training (resume re-attaches).
-            proc = subprocess.Popen(
-                cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        try:
+            queued = LoraStatus(job_id=spec.job_id, status="queued", updated_at=time.time())
+            write_json_atomic(job_dir / "status.json", queued)
+            with (job_dir / "train.log").open("ab") as logf:
+                # A session of its own: cancel signals the whole group (launcher + ranks), and a
+                # Ctrl-C meant for the orchestrator does not kill training (resume re-attaches).
+                # The lock passes to the process: held for as long as it lives.
+                proc = subprocess.Popen(
+                    cmd,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    pass_fds=(lock,),
+                )
+        finally:
+            os.close(lock)
         self._children[spec.job_id] = proc
+        crash_point("lora-started")  # killed before process.json: the lock still tells
         record = LoraProcess(pid=proc.pid, command=cmd, started_at=time.time(), restarts=restarts)
         write_json_atomic(job_dir / "process.json", record)
         log.info("started LoRA job %s (pid %d): %s", spec.job_id, proc.pid, " ".join(cmd))
 
-    def _restart_or_fail(self, job_dir: Path, status: LoraStatus) -> LoraStatus:
+    def _restart_or_fail(self, job_dir: Path, status: LoraStatus, *, why: str) -> LoraStatus:
+        """Start the job again (it resumes from its last checkpoint), or, after max_restarts,
+        mark it failed saying `why` the last process ended."""
         process = self._read_process(job_dir)
         restarts = process.restarts if process else 0
         if restarts >= self.config.max_restarts:
             failed = status.model_copy(
                 update={
                     "status": "failed",
-                    "error": f"the training process died {restarts + 1} times without "
-                    f"reporting an error (killed? out of memory?); see {job_dir / 'train.log'}",
+                    "error": f"the training process ended {restarts + 1} times (the last one "
+                    f"{why}; trainer.max_restarts = {self.config.max_restarts}); "
+                    f"see {job_dir / 'train.log'}",
                     "updated_at": time.time(),
                 }
             )
             write_json_atomic(job_dir / "status.json", failed)
             return failed
-        log.warning("LoRA job %s: process gone at step %d; restarting", status.job_id, status.step)
+        log.warning(
+            "LoRA job %s: the process %s at step %d; restarting", status.job_id, why, status.step
+        )
         self._launch(read_json(job_dir / "job.json", LoraJobSpec), restarts=restarts + 1)
         fresh = self._read_status(job_dir)
         return fresh if fresh is not None else status
@@ -299,25 +404,38 @@ class LocalLoraTrainer:
             if child.poll() is None:  # also reaps it once it has exited
                 return True
             del self._children[job_id]
-            return False
-        process = self._read_process(job_dir)
-        return process is not None and _pid_runs(process.pid, job_dir / "job.json")
+        return trainer_running(job_dir)
+
+    def _groups(self, job_dir: Path) -> set[int]:
+        """Process groups of the job's live processes: the started launcher's (process.json)
+        and rank 0's (its pid in status.json, there even when process.json is not)."""
+        job_file = job_dir / "job.json"
+        process, status = self._read_process(job_dir), self._read_status(job_dir)
+        groups = set()
+        if process is not None and _pid_runs(process.pid, job_file):
+            groups.add(process.pid)  # a session leader: its pid is its group
+        if status is not None and status.pid is not None and _pid_runs(status.pid, job_file):
+            with contextlib.suppress(ProcessLookupError):
+                groups.add(os.getpgid(status.pid))
+        return groups
 
     def _stop(self, job_dir: Path, job_id: str) -> None:
         """SIGTERM the job's process group, then SIGKILL after the grace period."""
-        process = self._read_process(job_dir)
-        if process is None or not self._alive(job_id, job_dir):
-            return
         for sig, wait_s in ((signal.SIGTERM, self._cancel_grace_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
             deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and self._alive(job_id, job_dir):
+            signalled: set[int] = set()
+            while self._alive(job_id, job_dir):
+                # A process started just before a kill of the orchestrator names itself in
+                # status.json a moment later: look again while waiting.
+                for group in self._groups(job_dir) - signalled:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(group, sig)
+                    signalled.add(group)
+                if time.monotonic() >= deadline:
+                    break
                 time.sleep(0.05)
-            if not self._alive(job_id, job_dir):
-                break
+            else:
+                return
 
     def _read_spec(self, job_dir: Path) -> LoraJobSpec | None:
         path = job_dir / "job.json"

@@ -2,8 +2,10 @@
 
 `job.json` (LoraJobSpec) is written by the trainer before it starts the process; `status.json`
 (LoraStatus) by the process (rank 0), `process.json` (LoraProcess) by the trainer for each start;
-`checkpoints/step-N/` by the training loop. `main` is what `python -m rmft_api.trainers.lora`
-runs: it reports every failure as status `failed` with its message (traceback in train.log).
+`trainer.lock` is flock-ed by the trainer before each start and inherited by the process, so it is
+held exactly while a training process lives; `checkpoints/step-N/` by the training loop. `main`
+is what `python -m rmft_api.trainers.lora` runs: it reports every failure as status `failed`
+with its message (traceback in train.log).
 Nothing here imports torch; the training loop (lora_train.py) is imported only to train.
 """
 
@@ -23,6 +25,7 @@ from rmft_api.config import LoraTrainerConfig
 from rmft_api.errors import TrainingError
 from rmft_api.schema import SCHEMA_VERSION, Record
 from rmft_api.store import read_json, write_json_atomic
+from rmft_api.trainers.crash import hang_point
 from rmft_api.trainers.lora_data import read_chat_jsonl
 
 log = logging.getLogger(__name__)
@@ -86,15 +89,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+CHECKPOINT_COMPLETE = "COMPLETE"  # written last into a checkpoint, before it is flushed and named
+
+
 def list_checkpoints(job_dir: Path) -> list[Path]:
-    """Complete checkpoints (`checkpoints/step-N/` holding state.pt), oldest first."""
+    """Complete checkpoints (`checkpoints/step-N/` holding the COMPLETE marker), oldest first."""
     root = job_dir / "checkpoints"
     if not root.is_dir():
         return []
     found = [
         p
         for p in root.iterdir()
-        if p.name.startswith("step-") and p.name[5:].isdigit() and (p / "state.pt").is_file()
+        if p.name.startswith("step-")
+        and p.name[5:].isdigit()
+        and (p / CHECKPOINT_COMPLETE).is_file()
     ]
     return sorted(found, key=lambda p: int(p.name[5:]))
 
@@ -132,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reporter = StatusReporter(spec, enabled=rank == 0)
     try:
         reporter.update(status="validating_files", force=True)
+        hang_point("lora-validating")
         # Read the data before importing torch: a broken file fails in a fraction of a second.
         rows = read_chat_jsonl(Path(spec.train_file))
         if file_sha256(Path(spec.train_file)) != spec.train_file_sha256:

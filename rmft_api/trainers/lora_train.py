@@ -37,8 +37,14 @@ from rmft_api.models.loading import (
     resolve_dtype,
 )
 from rmft_api.schema import Message
+from rmft_api.store import replace_dir_durably
 from rmft_api.trainers.lora_data import IGNORE_INDEX, TokenizedExample, tokenize_rows
-from rmft_api.trainers.lora_job import LoraJobSpec, StatusReporter, list_checkpoints
+from rmft_api.trainers.lora_job import (
+    CHECKPOINT_COMPLETE,
+    LoraJobSpec,
+    StatusReporter,
+    list_checkpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +345,8 @@ def _save_checkpoint(
     trained_tokens: int,
     keep: int,
 ) -> None:
-    """Write checkpoints/step-N/ (complete once renamed into place); keep the last `keep`."""
+    """Write checkpoints/step-N/: in a temp dir, marked complete last, flushed to disk, then
+    renamed into place (a dir without the marker is ignored); keep the last `keep`."""
     root = job_dir / "checkpoints"
     tmp, final = root / f".step-{step}.tmp", root / f"step-{step}"
     if ranks.main:
@@ -361,8 +368,8 @@ def _save_checkpoint(
             "world": ranks.world,
         }
         torch.save(state, tmp / "state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        (tmp / CHECKPOINT_COMPLETE).write_text(f"{step}\n")
+        replace_dir_durably(tmp, final)  # flushed before it is named step-N
         log.info("checkpoint %s", final)
         for old in list_checkpoints(job_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -402,5 +409,4 @@ def _save_adapter_atomic(model: Any, out_dir: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     with quiet_progress():
         model.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    replace_dir_durably(tmp, out_dir)
