@@ -82,8 +82,8 @@ def test_an_interrupted_run_is_recorded_as_such_and_resumes(
 # ---------------------------------------------------------------- the soak
 
 # 10% of chat requests fail transiently (5xx, 429, a reply slower than the client's timeout), and
-# of the fine-tuning file uploads and job lookups. Not the job create itself (an ambiguous create
-# is issue 14 item 4, handled on another branch; add a create rule here once it is merged).
+# of the fine-tuning file uploads and job lookups; the first job create answers 500 but finishes
+# half a second later (an ambiguous create: found by the lookup, never sent twice).
 SOAK_FAULTS: dict[str, Any] = {
     "seed": 14,
     "rules": [
@@ -95,6 +95,13 @@ SOAK_FAULTS: dict[str, Any] = {
         {"fault": "server_error", "path": "/v1/files", "rate": 0.1},
         {"fault": "unavailable", "path": "/v1/fine_tuning/jobs", "method": "GET", "at": [1]},
         {"fault": "unavailable", "path": "/v1/fine_tuning/jobs", "method": "GET", "rate": 0.1},
+        {
+            "fault": "late_create",
+            "path": "/v1/fine_tuning/jobs",
+            "method": "POST",
+            "at": [1],
+            "delay_s": 0.5,
+        },
     ],
 }
 

@@ -21,7 +21,7 @@ from rmft_api.sandbox.server import SandboxServer
 from rmft_api.schema import JobRef
 from rmft_api.store import read_json
 from rmft_api.trainers.base import JobFailedError, Trainer
-from rmft_api.trainers.create_once import CreateUnsettledError
+from rmft_api.trainers.create_once import CreateUnsettledError, _nothing_created
 from rmft_api.trainers.openai_ft import OpenAIFineTuner
 from rmft_api.trainers.openai_ft_registry import REGISTRY_FILE, FineTuneRegistry
 
@@ -234,6 +234,43 @@ def test_a_create_later_than_the_settle_window_stops_and_the_resume_finds_it(
     ref = submit(tuner(server, tmp_path / "run", create_settle_s=0.5), train_file)
     assert [j.id for j in server_jobs(server)] == [ref.job_id]
     assert server.state.requests[JOBS] >= 2 and server.state.faults.injected["late_create"] == 1
+
+
+@pytest.mark.parametrize("sdk", ["openai", "together"])
+def test_a_connection_never_made_is_known_to_have_created_nothing(sdk: str) -> None:
+    """The openai SDK raises through httpx2, together through httpx: both SDKs' real "could not
+    connect" errors prove no create was sent (the check used to know only httpx's)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    url = f"http://127.0.0.1:{port}/v1"
+    error: Exception | None = None
+    try:
+        if sdk == "openai":
+            client = openai.OpenAI(api_key=KEY, base_url=url, max_retries=0, timeout=5)
+            client.fine_tuning.jobs.list()
+        else:
+            together = pytest.importorskip("together")
+            together.Together(api_key=KEY, base_url=url, max_retries=0).fine_tuning.list()
+    except Exception as e:
+        error = e
+    assert error is not None and _nothing_created(error), repr(error)
+
+
+def test_an_upload_refused_with_a_5xx_is_looked_up_then_sent_again(
+    sandbox: Callable[..., SandboxServer], train_file: Path, tmp_path: Path
+) -> None:
+    """A training file is free to store twice, so an ambiguous upload does not stop the run: it
+    is looked up for a short window and re-sent (the soak's 5xx on uploads stopped every run)."""
+    rule = {"fault": "server_error", "path": "/v1/files", "method": "POST", "times": 1}
+    server = sandbox(rules=[rule])
+    ref = submit(tuner(server, tmp_path / "run", create_settle_s=0.5), train_file)
+    assert server.state.faults.injected["server_error"] == 1
+    assert server.state.requests["/v1/files"] >= 2
+    assert [f.id for f in server_files(server)] == [ref.file_id]
+    assert [j.id for j in server_jobs(server)] == [ref.job_id]
 
 
 def test_resume_after_a_crash_between_intent_and_answer_reattaches(

@@ -12,6 +12,9 @@ when the service catches up. The rule:
    polls the lookup (by the name / metadata / suffix the object carries) with a growing wait for
    up to `settle_s`, and stops with `CreateUnsettledError` if the object has not appeared:
    `rmft-api run --resume` looks it up again before creating anything.
+   A *free* object (a training-file upload: storing a second copy costs nothing and the job
+   names the one id it got) is looked up for at most `FREE_SETTLE_S` and then sent again: a
+   transient 5xx on an upload does not stop the run.
 4. On resume, an announced create without a recorded id is looked up first, polled until
    `settle_s` after it was announced (a crash right after sending still gets the full window),
    and only created when it is still absent after that.
@@ -19,13 +22,14 @@ when the service catches up. The rule:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import httpx
+import httpx2
 import numpy as np
 
 from rmft_api.errors import RmftError, TrainingError, TransientProviderError
@@ -36,6 +40,7 @@ T = TypeVar("T")
 
 FIRST_LOOKUP_WAIT_S = 0.25  # the first wait between lookups; doubles up to the cap
 MAX_LOOKUP_WAIT_S = 15.0
+FREE_SETTLE_S = 5.0  # how long an ambiguous upload is looked for before it is sent again
 
 
 class CreateUnsettledError(TrainingError):
@@ -75,6 +80,7 @@ class CreatePolicy:
         lookup: Callable[[], T | None],
         create: Callable[[], T],
         announced_at: float | None,
+        free: bool = False,
     ) -> T:
         """The object, created at most once.
 
@@ -85,9 +91,12 @@ class CreatePolicy:
             create: one send (SDK retries off).
             announced_at: when an earlier create of this object was announced and never
                 answered (a crash, an earlier stop); None = never announced.
+            free: a duplicate costs nothing (a file upload): after an ambiguous outcome the
+                lookup is polled briefly and the create then sent again, within `attempts`.
         """
         if announced_at is not None:
-            found = self._settle(what, lookup, since=announced_at)
+            window = FREE_SETTLE_S if free else None
+            found = self._settle(what, lookup, since=announced_at, window=window)
             if found is not None:
                 return found
         last: TransientProviderError | None = None
@@ -105,7 +114,11 @@ class CreatePolicy:
                     raise
                 if not isinstance(error, TransientProviderError):
                     raise error from e
-                if not _nothing_created(e):
+                if free and not _nothing_created(e):
+                    found = self._settle(what, lookup, since=sent_at, window=FREE_SETTLE_S)
+                    if found is not None:
+                        return found
+                elif not _nothing_created(e):
                     return self._settled_or_stop(what, lookup, since=sent_at, cause=error)
                 last = error
             if attempt < self.attempts:
@@ -119,10 +132,17 @@ class CreatePolicy:
             "resume the run (`rmft-api run --resume <run dir>`) to try again"
         ) from last
 
-    def _settle(self, what: str, lookup: Callable[[], T | None], *, since: float) -> T | None:
-        """Poll `lookup` until it finds the object or `settle_s` after `since` has passed
-        (at least one lookup)."""
-        deadline = since + self.settle_s
+    def _settle(
+        self,
+        what: str,
+        lookup: Callable[[], T | None],
+        *,
+        since: float,
+        window: float | None = None,
+    ) -> T | None:
+        """Poll `lookup` until it finds the object or `window` (default `settle_s`) after
+        `since` has passed (at least one lookup)."""
+        deadline = since + (self.settle_s if window is None else min(window, self.settle_s))
         wait = FIRST_LOOKUP_WAIT_S
         while True:
             found = lookup()
@@ -162,4 +182,18 @@ def _nothing_created(e: BaseException) -> bool:
     if getattr(e, "status_code", None) == 429:
         return True
     cause = e.__cause__ or e.__context__
-    return isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout)
+    return isinstance(cause, _never_connected())
+
+
+@functools.cache
+def _never_connected() -> tuple[type[BaseException], ...]:
+    """The transports' "no connection was made" errors: httpx2 (the openai SDK's) and, when
+    installed, httpx (the together SDK's; the `together` extra brings it)."""
+    kinds: list[type[BaseException]] = [httpx2.ConnectError, httpx2.ConnectTimeout]
+    try:
+        import httpx
+    except ImportError:
+        pass
+    else:
+        kinds += [httpx.ConnectError, httpx.ConnectTimeout]
+    return tuple(kinds)

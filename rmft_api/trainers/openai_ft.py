@@ -267,6 +267,7 @@ class OpenAIFineTuner:
             lookup=lambda: self.api.find_file(upload.filename, upload.bytes),
             create=create,
             announced_at=upload.requested_at if announced else None,
+            free=True,  # a second stored copy costs nothing: a 5xx is looked up, then re-sent
         )
         self.registry.save_upload(upload.model_copy(update={"file_id": file_id}))
         log.info("training file %s uploaded as %s", path, file_id)

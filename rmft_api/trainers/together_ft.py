@@ -267,6 +267,7 @@ class TogetherFineTuner:
             lookup=find,
             create=create,
             announced_at=upload.requested_at if announced else None,
+            free=True,  # a second stored copy costs nothing: a 5xx is looked up, then re-sent
         )
         self.registry.save_upload(upload.model_copy(update={"file_id": file_id}))
         return file_id
