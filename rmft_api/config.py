@@ -164,7 +164,8 @@ class PromptConfig(Section):
     templates_dir: str | None = Field(
         default=None,
         description="Directory of <name>.txt templates (or a templates/ folder, plus an optional "
-        "scenarios/ folder of contexts) replacing the packaged prompts/ files of the same name.",
+        "scenarios/ folder of contexts) replacing the packaged prompts/ files of the same name; "
+        "relative to the config file when set in one.",
     )
 
     @model_validator(mode="after")
@@ -1121,6 +1122,11 @@ def load_config(
             raise ConfigError(f"{p}: not valid TOML: {e}") from e
         except UnicodeDecodeError as e:
             raise ConfigError(f"{p}: not UTF-8 text") from e
+        prompt = data.get("prompt")
+        # A relative templates_dir in a file means next to that file, wherever the run starts.
+        templates = prompt.get("templates_dir") if isinstance(prompt, dict) else None
+        if isinstance(templates, str) and not Path(templates).expanduser().is_absolute():
+            prompt["templates_dir"] = str((p.parent / templates).resolve())  # type: ignore[index]
     for item in overrides:
         keys, value = parse_override(item)
         apply_override(data, keys, value)

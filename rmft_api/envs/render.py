@@ -133,12 +133,19 @@ class PromptRenderer:
             description=ctx.description,
             setup=setup,
             framing=self._render(f"framing_{self._prompt.framing}"),
-            answer_format=self._render(f"answer_{self.answer}_{style}"),
+            answer_format=self._render(
+                f"answer_{self.answer}_{style}", arm_list=common["arm_list"]
+            ),
         )
         return _squeeze(text)
 
     def question(self, t: int) -> str:
-        return self._render(f"question_{self.answer}", round=t + 1, horizon=self._horizon)
+        return self._render(
+            f"question_{self.answer}",
+            round=t + 1,
+            horizon=self._horizon,
+            arm_list=", ".join(self._names),
+        )
 
     def reminder(self, error: str) -> str:
         return self._render(f"reminder_{self.answer}", error=error, arm_list=", ".join(self._names))
