@@ -167,6 +167,13 @@ class PromptConfig(Section):
         "scenarios/ folder of contexts) replacing the packaged prompts/ files of the same name; "
         "relative to the config file when set in one.",
     )
+    reply_prefix: str = Field(
+        default="",
+        description="Text every reply starts with, sent as an unfinished assistant turn that the "
+        "model continues (local hf/ policies; $action_noun and $arm_list are filled in), e.g. "
+        "`ANSWER: The best $action_noun is` for a model too weak to write the marker itself. It "
+        "is part of the recorded reply, so the parser reads it and training learns it.",
+    )
 
     @model_validator(mode="after")
     def _check_window(self) -> Self:
@@ -189,6 +196,12 @@ class ParseConfig(Section):
     )
     distribution_tolerance: float = Field(
         default=0.02, ge=0, le=0.5, description="|sum − 1| allowed before a vector is rejected."
+    )
+    answer_line: Literal["exact", "unique_name"] = Field(
+        default="exact",
+        description="Action answers: exact = the ANSWER: line must be one arm name; unique_name = "
+        "a line naming exactly one arm among other words (`The correct answer is: Coral`) is "
+        "taken too and the step tagged `lenient`. The reasoning before the marker is never read.",
     )
 
 

@@ -7,6 +7,7 @@ context and the steps played so far. It never sees hidden truth beyond what a st
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from typing import Literal
 
@@ -100,6 +101,8 @@ class PromptRenderer:
         }
         if self._prompt.history == "window":
             out["window"] = self._prompt.window
+        if self._prompt.reply_prefix:
+            out["reply_prefix"] = self._prompt.reply_prefix
         if isinstance(instance, BanditInstance):
             out["noise"] = instance.noise
             out["nonstationary"] = instance.nonstationary
@@ -146,6 +149,11 @@ class PromptRenderer:
             horizon=self._horizon,
             arm_list=", ".join(self._names),
         )
+
+    def reply_prefix(self) -> str:
+        """`prompt.reply_prefix` with the scenario's words filled in ("" when unset)."""
+        values = {**self._words, "arm_list": ", ".join(self._names)}
+        return string.Template(self._prompt.reply_prefix).safe_substitute(values)
 
     def reminder(self, error: str) -> str:
         return self._render(f"reminder_{self.answer}", error=error, arm_list=", ".join(self._names))
