@@ -615,6 +615,31 @@ def status(
         typer.echo(json.dumps(report.model_dump(mode="json")))
 
 
+@app.command("parse-failures")
+def parse_failures_cmd(
+    run_dir: LatestRunArg = None,
+    examples: Annotated[
+        int, typer.Option("--examples", min=0, max=20, help="Replies shown per kind.")
+    ] = 3,
+    json_out: JsonOpt = False,
+) -> None:
+    """Why replies failed to parse: rejected attempts by kind per iteration and phase, lenient
+    takes, replies cut at max_tokens, with examples."""
+    import json
+
+    from rmft_api.errors import StateError
+    from rmft_api.parse_failures import parse_failure_report, render_parse_failures
+
+    run = _run_dir_or_latest(run_dir)
+    if not run.run_json.is_file():
+        raise StateError(f"{run.root}: not a run directory (no run.json); pass one under runs/")
+    report = parse_failure_report(run, examples=examples)
+    for line in render_parse_failures(report):
+        typer.echo(line)
+    if json_out:
+        typer.echo(json.dumps(report.model_dump(mode="json")))
+
+
 @app.command()
 def cancel(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.", file_okay=False)],
