@@ -399,15 +399,19 @@ def rollout(
     """Roll a policy out on M scenarios × L episodes; regret vs classic agents on the same draws."""
     import json
 
+    from rmft_api.bootstrap import resolve_bootstrap_spec
     from rmft_api.config import load_config
     from rmft_api.error_log import WorkingRun
+    from rmft_api.fetch_model import resolve_fetched_spec
     from rmft_api.rollout_report import rollout_and_compare
 
     cfg = load_config(config, overrides=list(set_ or []))
+    # hf/@bootstrap and hf/@smollm2 name cached models, as in `run`.
+    spec = resolve_fetched_spec(resolve_bootstrap_spec(policy or cfg.policy.spec))
     WorkingRun.set(out)
     with _RolloutProgressView() as view:
         report = rollout_and_compare(
-            cfg, out_dir=out, policy=policy, scenarios=scenarios, rollouts=rollouts, progress=view
+            cfg, out_dir=out, policy=spec, scenarios=scenarios, rollouts=rollouts, progress=view
         )
     _render_rollout(report)
     if json_out:
