@@ -1002,6 +1002,17 @@ class Config(Section):
             value = _applicable_baselines(value, env.kind)
         return value
 
+    @model_validator(mode="after")
+    def _check_reply_prefix(self) -> Self:
+        # Only a local model can be made to continue an open assistant turn; a hosted API or a
+        # classic agent would read it as a finished turn and answer after it.
+        if self.prompt.reply_prefix and not self.policy.spec.startswith("hf/"):
+            raise ValueError(
+                f"prompt.reply_prefix needs a local hf/ policy, not {self.policy.spec!r} (only "
+                "a local model continues an open assistant turn); remove prompt.reply_prefix"
+            )
+        return self
+
     def credential_envs(self) -> set[str]:
         """Every environment variable this config reads a credential from (its `*_env` fields,
         the defaults of those left unset included)."""

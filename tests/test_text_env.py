@@ -441,6 +441,7 @@ def test_reply_prefix_is_an_open_assistant_turn_and_part_of_the_reply() -> None:
     cfg = make_cfg(
         prompt={"reply_prefix": "ANSWER: The best $action_noun is", "transcript": "single_turn"},
         parse={"answer_line": "unique_name", "max_reprompts": 0},
+        policy={"spec": "hf/models/any"},  # a local model: it continues the open turn
     )
     ep = make_episode(cfg)
     noun, names = ep.scenario.context.action_noun, ep.scenario.context.arm_names
