@@ -13,6 +13,8 @@ SHIPPED = {
     "rmft_api.prompts.templates": ("prompts/templates", ["*.txt"]),
     "rmft_api.prompts.scenarios": ("prompts/scenarios", ["*.toml"]),
     "rmft_api.configs": ("configs", ["*.toml"]),
+    # A config's own templates (prompt.templates_dir, relative to the config file).
+    "rmft_api.configs.smollm2.templates": ("configs/smollm2/templates", ["*.txt"]),
 }
 
 setup(

@@ -399,15 +399,19 @@ def rollout(
     """Roll a policy out on M scenarios × L episodes; regret vs classic agents on the same draws."""
     import json
 
+    from rmft_api.bootstrap import resolve_bootstrap_spec
     from rmft_api.config import load_config
     from rmft_api.error_log import WorkingRun
+    from rmft_api.fetch_model import resolve_fetched_spec
     from rmft_api.rollout_report import rollout_and_compare
 
     cfg = load_config(config, overrides=list(set_ or []))
+    # hf/@bootstrap and hf/@smollm2 name cached models, as in `run`.
+    spec = resolve_fetched_spec(resolve_bootstrap_spec(policy or cfg.policy.spec))
     WorkingRun.set(out)
     with _RolloutProgressView() as view:
         report = rollout_and_compare(
-            cfg, out_dir=out, policy=policy, scenarios=scenarios, rollouts=rollouts, progress=view
+            cfg, out_dir=out, policy=spec, scenarios=scenarios, rollouts=rollouts, progress=view
         )
     _render_rollout(report)
     if json_out:
@@ -611,6 +615,31 @@ def status(
 
     report = run_status(_run_dir_or_latest(run_dir))
     render_status(report)
+    if json_out:
+        typer.echo(json.dumps(report.model_dump(mode="json")))
+
+
+@app.command("parse-failures")
+def parse_failures_cmd(
+    run_dir: LatestRunArg = None,
+    examples: Annotated[
+        int, typer.Option("--examples", min=0, max=20, help="Replies shown per kind.")
+    ] = 3,
+    json_out: JsonOpt = False,
+) -> None:
+    """Why replies failed to parse: rejected attempts by kind per iteration and phase, lenient
+    takes, replies cut at max_tokens, with examples."""
+    import json
+
+    from rmft_api.errors import StateError
+    from rmft_api.parse_failures import parse_failure_report, render_parse_failures
+
+    run = _run_dir_or_latest(run_dir)
+    if not run.run_json.is_file():
+        raise StateError(f"{run.root}: not a run directory (no run.json); pass one under runs/")
+    report = parse_failure_report(run, examples=examples)
+    for line in render_parse_failures(report):
+        typer.echo(line)
     if json_out:
         typer.echo(json.dumps(report.model_dump(mode="json")))
 

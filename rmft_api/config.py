@@ -164,7 +164,15 @@ class PromptConfig(Section):
     templates_dir: str | None = Field(
         default=None,
         description="Directory of <name>.txt templates (or a templates/ folder, plus an optional "
-        "scenarios/ folder of contexts) replacing the packaged prompts/ files of the same name.",
+        "scenarios/ folder of contexts) replacing the packaged prompts/ files of the same name; "
+        "relative to the config file when set in one.",
+    )
+    reply_prefix: str = Field(
+        default="",
+        description="Text every reply starts with, sent as an unfinished assistant turn that the "
+        "model continues (local hf/ policies; $action_noun and $arm_list are filled in), e.g. "
+        "`ANSWER: The best $action_noun is` for a model too weak to write the marker itself. It "
+        "is part of the recorded reply, so the parser reads it and training learns it.",
     )
 
     @model_validator(mode="after")
@@ -188,6 +196,12 @@ class ParseConfig(Section):
     )
     distribution_tolerance: float = Field(
         default=0.02, ge=0, le=0.5, description="|sum − 1| allowed before a vector is rejected."
+    )
+    answer_line: Literal["exact", "unique_name"] = Field(
+        default="exact",
+        description="Action answers: exact = the ANSWER: line must be one arm name; unique_name = "
+        "a line naming exactly one arm among other words (`The correct answer is: Coral`) is "
+        "taken too and the step tagged `lenient`. The reasoning before the marker is never read.",
     )
 
 
@@ -988,6 +1002,17 @@ class Config(Section):
             value = _applicable_baselines(value, env.kind)
         return value
 
+    @model_validator(mode="after")
+    def _check_reply_prefix(self) -> Self:
+        # Only a local model can be made to continue an open assistant turn; a hosted API or a
+        # classic agent would read it as a finished turn and answer after it.
+        if self.prompt.reply_prefix and not self.policy.spec.startswith("hf/"):
+            raise ValueError(
+                f"prompt.reply_prefix needs a local hf/ policy, not {self.policy.spec!r} (only "
+                "a local model continues an open assistant turn); remove prompt.reply_prefix"
+            )
+        return self
+
     def credential_envs(self) -> set[str]:
         """Every environment variable this config reads a credential from (its `*_env` fields,
         the defaults of those left unset included)."""
@@ -1121,6 +1146,11 @@ def load_config(
             raise ConfigError(f"{p}: not valid TOML: {e}") from e
         except UnicodeDecodeError as e:
             raise ConfigError(f"{p}: not UTF-8 text") from e
+        prompt = data.get("prompt")
+        # A relative templates_dir in a file means next to that file, wherever the run starts.
+        templates = prompt.get("templates_dir") if isinstance(prompt, dict) else None
+        if isinstance(templates, str) and not Path(templates).expanduser().is_absolute():
+            prompt["templates_dir"] = str((p.parent / templates).resolve())  # type: ignore[index]
     for item in overrides:
         keys, value = parse_override(item)
         apply_override(data, keys, value)

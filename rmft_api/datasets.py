@@ -58,6 +58,9 @@ class DataCard(Record):
     n_messages: int
     n_trained_replies: int  # assistant messages with weight 1
     n_masked_replies: int  # assistant messages with weight 0 (context only)
+    # Played rounds of these episodes whose answer parse.answer_line = unique_name read from a
+    # sentence (their replies are trained like any other).
+    n_lenient_steps: int = 0
     dropped: dict[str, int] = Field(default_factory=dict)  # examples not written, by reason
     tokens: TokenStats
 
@@ -219,6 +222,7 @@ def write_train_jsonl(
         n_messages=n_messages,
         n_trained_replies=n_trained,
         n_masked_replies=n_masked,
+        n_lenient_steps=sum(s.lenient and s.valid for e in episodes for s in e.steps),
         dropped=dict(dropped),
         tokens=token_stats(lengths, trainable=trainable, method=counter.label),
     )

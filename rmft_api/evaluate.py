@@ -77,6 +77,8 @@ class EvalMetrics(BaseModel):
     # Policy − agent regret, per scenario, paired bootstrap CI over the scenarios both played.
     differences: dict[str, RegretSummary] = Field(default_factory=dict)
     baseline_seeds: int = 1  # plays per scenario each agent's figures average (agents.seeds_...)
+    # Share of rounds whose answer parse.answer_line = unique_name took from a sentence.
+    lenient_rate: float = 0.0
 
 
 def heldout_scenarios(cfg: Config) -> ScenarioRange:
@@ -149,6 +151,7 @@ def summarize(
     for e in episodes:
         usage = usage + e.usage
     statuses = [s.status for e in complete for s in e.steps]
+    lenient = sum(s.lenient for e in complete for s in e.steps)
     summary = None
     mine: dict[str, float] = {}  # the policy's mean regret per scenario
     curve: list[float] = []
@@ -211,6 +214,7 @@ def summarize(
         no_regret=growth.no_regret,
         differences=differences,
         baseline_seeds=cfg.agents.seeds_per_scenario,
+        lenient_rate=lenient / len(statuses) if statuses else 0.0,
     )
 
 

@@ -143,7 +143,7 @@ def _iteration_table(report: RunReport) -> list[str]:
     heads = ["iter", "policy", "episodes", "mean regret [95% CI]"]
     heads += [f"÷ {n} [95% CI]" for n in report.baselines[:2]]
     heads += [f"− {n} [95% CI]" for n in report.baselines[:2]]
-    heads += ["SuffFail(T/2)", "K·MinFrac", "parse fail", "β", "β p", "trend p"]
+    heads += ["SuffFail(T/2)", "K·MinFrac", "parse fail", "lenient", "β", "β p", "trend p"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for it in report.iterations:
         m = it.metrics
@@ -154,6 +154,7 @@ def _iteration_table(report: RunReport) -> list[str]:
             _num(m.suff_fail_freq),
             _num(m.k_min_frac),
             f"{m.parse_failure_rate:.1%}",
+            f"{m.lenient_rate:.1%}",
             _beta(m),
             _num(m.growth_p_value, ".3g"),
             _num(m.trend_p_value, ".3g"),

@@ -169,7 +169,7 @@ class _Engine:
             return True
         play.usage = play.usage + completion.usage
         try:
-            play.text.submit(completion.text)
+            play.text.submit(completion.text, truncated=completion.finish_reason == "length")
         except ParseAbortError as e:
             self.finish(play, status="aborted", error=str(e))
             self.fail(e)

@@ -68,6 +68,9 @@ class Attempt(Record):
 
     reply: str
     parse_error: str | None = None  # why it was rejected; None when it parsed
+    # The parser's kind of rejection (envs/parsing.FailureCategory): no_marker, not_a_name, ...
+    parse_category: str | None = None
+    truncated: bool = False  # the reply hit max_tokens (finish_reason "length")
     # The format-reminder user turn that re-asked after this reply (None: parsed, or last try).
     reminder: str | None = None
 
@@ -82,6 +85,7 @@ class Step(Record):
     policy: list[float] | None = None  # distribution answers: the normalised vector played
     status: ParseStatus = "ok"
     ambiguous: bool = False  # the parser found conflicting answers and took the last one
+    lenient: bool = False  # parse.answer_line = unique_name took a line that was not one name
     reward: float = 0.0  # realised reward (bandit: table draw of the arm; FOL: <policy, r_t>)
     reward_vector: list[float] | None = None  # FOL: the whole vector revealed this round
     expected_reward: float = 0.0  # hidden expected reward of what was played

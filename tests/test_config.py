@@ -69,6 +69,18 @@ def test_each_mistake_is_one_line_naming_the_key(override: str, must_contain: li
     assert info.value.exit_code == 2
 
 
+def test_reply_prefix_needs_a_local_policy() -> None:
+    from rmft_api.config import config_from_dict
+
+    prompt = {"reply_prefix": "ANSWER:"}
+    with pytest.raises(ConfigError, match=r"prompt\.reply_prefix needs a local hf/ policy"):
+        config_from_dict({"prompt": prompt, "policy": {"spec": "openai/gpt-4o-mini"}})
+    with pytest.raises(ConfigError, match="agent/ucb1"):
+        config_from_dict({"prompt": prompt, "policy": {"spec": "agent/ucb1"}})
+    cfg = config_from_dict({"prompt": prompt, "policy": {"spec": "hf/@smollm2"}})
+    assert cfg.prompt.reply_prefix == "ANSWER:"
+
+
 def test_file_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")

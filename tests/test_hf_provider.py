@@ -177,3 +177,14 @@ def test_peft_adapter_is_applied(tmp_path: Path, tiny_dir: Path) -> None:
     )
     adapted = asyncio.run(adapted_provider.generate(chats, greedy))
     assert [c.text for c in adapted] != [c.text for c in plain]
+
+
+def test_a_final_assistant_turn_is_continued_not_closed(provider: HFProvider) -> None:
+    chat = _chats(1)[0]
+    opened = provider.render([*chat, Message(role="assistant", content="ANSWER: The best is")])
+    assert opened.endswith("ANSWER: The best is")
+    sampling = SamplingParams(temperature=0, max_tokens=4)
+    (reply,) = asyncio.run(
+        provider.generate([[*chat, Message(role="assistant", content="ANSWER:")]], sampling)
+    )
+    assert not reply.text.startswith("ANSWER:")  # only the continuation comes back

@@ -12,6 +12,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import site
 import subprocess
 import sys
@@ -135,6 +136,9 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new venv holding the freshly built wheel (dependencies from this venv, see above)."""
     tmp = tmp_path_factory.mktemp("wheel")
     dist = tmp / "dist"
+    # pip builds in the tree: a build/ left by an earlier build would carry files that setup.py
+    # no longer ships (or does not ship yet) into this wheel.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     build = ["wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dist)]
     subprocess.run(
         [sys.executable, "-m", "pip", *build, str(ROOT)],
@@ -193,6 +197,14 @@ def test_the_wheel_carries_its_prompts_and_configs(wheel_venv: Path, tmp_path: P
     assert names == {p.name for p in (ROOT / "prompts" / "templates").glob("*.txt")}
     shipped = {p.name for p in Path(out[2]).parent.glob("*.toml")}
     assert shipped == {p.name for p in (ROOT / "configs").glob("*.toml")}
+    # A shipped config's own templates (templates_dir relative to it) ship beside it.
+    own = ROOT / "configs" / "smollm2" / "templates"
+    inside = Path(out[2]).parent / "smollm2" / "templates"
+    assert {p.name for p in inside.glob("*.txt")} == {p.name for p in own.glob("*.txt")} != set()
+    args = ("prompt-preview", "-c", "smollm2", "--context", "buttons")
+    preview = run_in(wheel_venv, tmp_path, *args)
+    assert "Which one button gives the most reward?" in preview  # the config's own question
+    assert "ANSWER: The best button is" in preview  # its reply prefix
 
 
 def test_the_installed_wheel_runs_outside_the_source_tree(wheel_venv: Path, tmp_path: Path) -> None:

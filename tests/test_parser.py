@@ -82,6 +82,44 @@ def test_parse_action_corpus(reply: str, expected: int | None, ambiguous: bool) 
         assert result.error is None
 
 
+# answer_line = unique_name: (reply, expected index or None, lenient flag, category when rejected)
+LENIENT_CASES: list[tuple[str, int | None, bool, str | None]] = [
+    ("ANSWER: The correct answer is: Oslo", OSLO, True, None),
+    ("ANSWER: The best button is Golden Dragon.", DRAGON, True, None),
+    ("ANSWER: Red because it paid best", RED, True, None),
+    ("ANSWER: the red button", RED, True, None),
+    ("ANSWER: Blue", BLUE, False, None),  # an exact name is not lenient
+    ("ANSWER: Red or Blue", None, False, "several_names"),
+    ("ANSWER: The correct answer is: Red, not Blue", None, False, "several_names"),
+    # a name only in the reasoning before the marker never counts
+    ("Red paid best so far.\nANSWER: the one that paid best", None, False, "not_a_name"),
+    ("Red is my pick. The correct answer is Red.", None, False, "no_marker"),
+    ("ANSWER: Reddish tones", None, False, "not_a_name"),  # whole words only
+    ("ANSWER:", None, False, "nothing_after"),
+    ("", None, False, "empty"),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected", "lenient", "category"), LENIENT_CASES)
+def test_unique_name_answer_line(
+    reply: str, expected: int | None, lenient: bool, category: str | None
+) -> None:
+    result = parse_action(reply, ARMS, answer_line="unique_name")
+    assert result.value == expected and result.ok is (expected is not None)
+    assert result.lenient is lenient
+    assert result.category == category
+
+
+def test_exact_answer_line_rejects_a_sentence_naming_one_arm() -> None:
+    result = parse_action("ANSWER: The correct answer is: Oslo", ARMS)
+    assert not result.ok and result.category == "not_exact" and not result.lenient
+
+
+def test_lenient_answer_still_flags_a_conflicting_earlier_answer() -> None:
+    result = parse_action("ANSWER: Red\nANSWER: I pick Blue", ARMS, answer_line="unique_name")
+    assert result.value == BLUE and result.lenient and result.ambiguous
+
+
 def test_action_corpus_is_large_enough() -> None:
     assert len(ACTION_CASES) >= 40
     assert sum(v is None for _, v, _ in ACTION_CASES) >= 15

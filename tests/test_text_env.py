@@ -401,3 +401,57 @@ def test_every_factor_combination_renders_and_scores() -> None:
                     gaps = sum(s.best_expected_reward - s.expected_reward for s in rec.steps)
                     if env["kind"] != "fol":  # expected bandit regret: Σ gaps, never < 0
                         assert rec.regret == pytest.approx(gaps) and rec.regret >= 0
+
+
+# ---------------------------------------------------------------- lenient answers, tags, prefix
+
+
+def test_unique_name_policy_plays_a_sentence_and_tags_the_step_lenient() -> None:
+    cfg = make_cfg(parse={"answer_line": "unique_name", "max_reprompts": 0})
+    ep = make_episode(cfg)
+    names = ep.scenario.context.arm_names
+    ep.submit(f"Thinking.\nANSWER: The correct answer is: {names[2]}")
+    ep.submit(f"ANSWER: {names[1]}")
+    first, second = ep.steps
+    assert first.action == 2 and first.valid and first.lenient
+    assert second.action == 1 and not second.lenient
+    rec = Episode.model_validate_json(finish(make_finished(ep)).model_dump_json())
+    assert rec.steps[0].lenient and not rec.steps[1].lenient
+
+
+def make_finished(ep: TextEpisode) -> TextEpisode:
+    while not ep.done:
+        ep.submit(answer(ep, 0))
+    return ep
+
+
+def test_exact_policy_forfeits_the_same_sentence_and_records_why() -> None:
+    ep = make_episode(make_cfg(parse={"max_reprompts": 0, "fallback": "forfeit"}))
+    name = ep.scenario.context.arm_names[2]
+    ep.submit(f"ANSWER: The correct answer is: {name}", truncated=True)
+    ep.submit("I am thinking about it")
+    first, second = ep.steps
+    assert first.status == "forfeit" and not first.lenient
+    assert first.attempts[0].parse_category == "not_exact" and first.attempts[0].truncated
+    assert second.attempts[0].parse_category == "no_marker"
+    assert not second.attempts[0].truncated
+
+
+def test_reply_prefix_is_an_open_assistant_turn_and_part_of_the_reply() -> None:
+    cfg = make_cfg(
+        prompt={"reply_prefix": "ANSWER: The best $action_noun is", "transcript": "single_turn"},
+        parse={"answer_line": "unique_name", "max_reprompts": 0},
+        policy={"spec": "hf/models/any"},  # a local model: it continues the open turn
+    )
+    ep = make_episode(cfg)
+    noun, names = ep.scenario.context.action_noun, ep.scenario.context.arm_names
+    msgs = ep.next_messages()
+    assert msgs[-1].role == "assistant"
+    assert msgs[-1].content == f"ANSWER: The best {noun} is"
+    ep.submit(f" {names[3]}.")
+    step = ep.steps[0]
+    assert step.action == 3 and step.lenient
+    assert step.attempts[0].reply == f"ANSWER: The best {noun} is {names[3]}."
+    plain = make_episode(make_cfg(prompt={"transcript": "single_turn"}))
+    assert plain.next_messages()[-1].role == "user"
+    assert plain.template_hash != ep.template_hash

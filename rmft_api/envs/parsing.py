@@ -19,7 +19,14 @@ in passing can never be taken as the answer. Outcomes beyond plain ok / rejected
   line names a different arm (action) — the last answer is taken and the flag is set so that
   selection and export can exclude or down-weight the step.
 
-Error messages are short: they are shown to the model inside the format reminder.
+Lenient answer line (`parse.answer_line = "unique_name"`, action answers only): when the rest of
+the answer line is not exactly a name but names exactly one arm as a whole word (`The correct
+answer is: Coral`), that arm is taken and the result is flagged `lenient`. Still only the answer
+line is read: a name in the reasoning before the marker never counts, and two names on the line
+are still rejected.
+
+Every rejection carries a `category` (`FailureCategory`) so that failures of real prose can be
+counted by kind. Error messages are short: they are shown to the model inside the format reminder.
 """
 
 from __future__ import annotations
@@ -28,10 +35,19 @@ import functools
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from dataclasses import dataclass, replace
+from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
+
+AnswerLine = Literal["exact", "unique_name"]
+
+# Why a reply was rejected: empty reply; no `ANSWER:` marker; nothing after it; several names on
+# the answer line; a line naming one arm among other words (rejected under answer_line = exact);
+# a line naming no arm; a malformed distribution.
+FailureCategory = Literal[
+    "empty", "no_marker", "nothing_after", "several_names", "not_exact", "not_a_name", "malformed"
+]
 
 MARKER = "ANSWER:"
 # `answer`, optional markdown emphasis, then a colon: `ANSWER:`, `**Answer:**`, `**ANSWER**:`,
@@ -53,10 +69,12 @@ class ParseResult(Generic[T]):
     value: T | None = None
     error: str | None = None
     ambiguous: bool = False
+    lenient: bool = False  # accepted by answer_line = unique_name, not by an exact name
+    category: FailureCategory | None = None  # set exactly when not `ok`
 
 
-def _reject(error: str) -> ParseResult[T]:
-    return ParseResult(ok=False, error=error)
+def _reject(error: str, category: FailureCategory = "malformed") -> ParseResult[T]:
+    return ParseResult(ok=False, error=error, category=category)
 
 
 def _trim(text: str) -> str:
@@ -100,38 +118,49 @@ def _answer_line(segment: str) -> tuple[str, str]:
     return "", ""
 
 
-def _read_action(segment: str, arm_names: tuple[str, ...]) -> ParseResult[int]:
+def _read_action(
+    segment: str, arm_names: tuple[str, ...], answer_line: AnswerLine
+) -> ParseResult[int]:
     line, rest = _answer_line(segment)
     candidate = " ".join(_trim(line).split())
     if not candidate:
-        return _reject("nothing after ANSWER:")
+        return _reject("nothing after ANSWER:", "nothing_after")
     index = _lookup(arm_names).get(candidate.casefold())
+    lenient = False
     if index is None:
         named = _names_in(line, arm_names)
         if len(named) > 1:
-            return _reject("several names after ANSWER:, give exactly one")
-        if named:
-            return _reject(f"'{_shown(candidate)}' is not exactly one name")
-        return _reject(f"'{_shown(candidate)}' is not one of the options")
+            return _reject("several names after ANSWER:, give exactly one", "several_names")
+        if not named:
+            return _reject(f"'{_shown(candidate)}' is not one of the options", "not_a_name")
+        if answer_line == "exact":
+            return _reject(f"'{_shown(candidate)}' is not exactly one name", "not_exact")
+        (index,), lenient = named, True
     ambiguous = bool(_names_in(rest, arm_names) - {index})
-    return ParseResult(ok=True, value=index, ambiguous=ambiguous)
+    return ParseResult(ok=True, value=index, ambiguous=ambiguous, lenient=lenient)
 
 
-def parse_action(reply: str, arm_names: Sequence[str]) -> ParseResult[int]:
-    """Parse a one-action reply; `value` is the index of the arm in `arm_names`."""
+def parse_action(
+    reply: str, arm_names: Sequence[str], *, answer_line: AnswerLine = "exact"
+) -> ParseResult[int]:
+    """Parse a one-action reply; `value` is the index of the arm in `arm_names`.
+
+    answer_line: exact = the answer line must be one name; unique_name = a line naming exactly
+    one arm (whole word) among other words is accepted too, flagged `lenient`.
+    """
     names = tuple(arm_names)
     if not reply.strip():
-        return _reject("empty reply")
+        return _reject("empty reply", "empty")
     markers = list(_MARKER_RE.finditer(reply))
     if not markers:
-        return _reject(f"no line starting with {MARKER}")
-    result = _read_action(reply[markers[-1].end() :], names)
+        return _reject(f"no line starting with {MARKER}", "no_marker")
+    result = _read_action(reply[markers[-1].end() :], names, answer_line)
     if not result.ok or result.ambiguous:
         return result
     for earlier in markers[:-1]:
-        other = _read_action(reply[earlier.end() : markers[-1].start()], names)
+        other = _read_action(reply[earlier.end() : markers[-1].start()], names, answer_line)
         if other.ok and other.value != result.value:
-            return ParseResult(ok=True, value=result.value, ambiguous=True)
+            return replace(result, ambiguous=True)
     return result
 
 
@@ -201,10 +230,10 @@ def parse_distribution(
     """Parse a probability-vector reply; `value` is normalised and ordered like `arm_names`."""
     names = tuple(arm_names)
     if not reply.strip():
-        return _reject("empty reply")
+        return _reject("empty reply", "empty")
     markers = list(_MARKER_RE.finditer(reply))
     if not markers:
-        return _reject(f"no line starting with {MARKER}")
+        return _reject(f"no line starting with {MARKER}", "no_marker")
     result = _read_distribution(reply[markers[-1].end() :], names, tolerance=tolerance)
     if not result.ok or result.value is None:
         return result

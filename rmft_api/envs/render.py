@@ -7,6 +7,7 @@ context and the steps played so far. It never sees hidden truth beyond what a st
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from typing import Literal
 
@@ -100,6 +101,8 @@ class PromptRenderer:
         }
         if self._prompt.history == "window":
             out["window"] = self._prompt.window
+        if self._prompt.reply_prefix:
+            out["reply_prefix"] = self._prompt.reply_prefix
         if isinstance(instance, BanditInstance):
             out["noise"] = instance.noise
             out["nonstationary"] = instance.nonstationary
@@ -133,12 +136,24 @@ class PromptRenderer:
             description=ctx.description,
             setup=setup,
             framing=self._render(f"framing_{self._prompt.framing}"),
-            answer_format=self._render(f"answer_{self.answer}_{style}"),
+            answer_format=self._render(
+                f"answer_{self.answer}_{style}", arm_list=common["arm_list"]
+            ),
         )
         return _squeeze(text)
 
     def question(self, t: int) -> str:
-        return self._render(f"question_{self.answer}", round=t + 1, horizon=self._horizon)
+        return self._render(
+            f"question_{self.answer}",
+            round=t + 1,
+            horizon=self._horizon,
+            arm_list=", ".join(self._names),
+        )
+
+    def reply_prefix(self) -> str:
+        """`prompt.reply_prefix` with the scenario's words filled in ("" when unset)."""
+        values = {**self._words, "arm_list": ", ".join(self._names)}
+        return string.Template(self._prompt.reply_prefix).safe_substitute(values)
 
     def reminder(self, error: str) -> str:
         return self._render(f"reminder_{self.answer}", error=error, arm_list=", ".join(self._names))

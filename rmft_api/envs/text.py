@@ -71,6 +71,7 @@ class TextEpisode:
         self._pending: list[Message] = []  # this round's rejected replies and reminders
         self._abort_error: str | None = None
         self._round_prompt = self._renderer.user_turn(0, [])
+        self._reply_prefix = self._renderer.reply_prefix()
 
     # ------------------------------------------------------------ read-only views
 
@@ -120,35 +121,52 @@ class TextEpisode:
         if self.done:
             raise StateError(f"episode of {self._scenario.scenario_id} is finished")
         ask = Message(role="user", content=self._round_prompt)
+        # prompt.reply_prefix: an unfinished assistant turn the model continues.
+        prefix = self._reply_prefix
+        start = [Message(role="assistant", content=prefix)] if prefix else []
         if self._prompt.transcript == "multi_turn":
-            return [*self._chat, ask, *self._pending]
-        return [self._chat[0], ask, *self._pending]
+            return [*self._chat, ask, *self._pending, *start]
+        return [self._chat[0], ask, *self._pending, *start]
 
     def _parse_reply(self, reply: str) -> ParseResult[int] | ParseResult[tuple[float, ...]]:
         if self.answer_kind == "action":
-            return parse_action(reply, self._names)
+            return parse_action(reply, self._names, answer_line=self._parse.answer_line)
         return parse_distribution(reply, self._names, tolerance=self._parse.distribution_tolerance)
 
-    def submit(self, reply: str) -> None:
-        """Take the model's reply to `next_messages()`: play it, re-prompt, or fall back."""
+    def submit(self, reply: str, *, truncated: bool = False) -> None:
+        """Take the model's reply to `next_messages()`: play it, re-prompt, or fall back.
+
+        truncated: the reply hit max_tokens; recorded on the attempt, parsed all the same.
+        With `prompt.reply_prefix`, `reply` is the continuation: the prefix is put in front.
+        """
         if self.done:
             raise StateError(f"episode of {self._scenario.scenario_id} is finished")
+        reply = self._reply_prefix + reply
         result = self._parse_reply(reply)
         if result.ok and result.value is not None:
-            self._attempts.append(Attempt(reply=reply))
+            self._attempts.append(Attempt(reply=reply, truncated=truncated))
             status: ParseStatus = "ok" if len(self._attempts) == 1 else "reprompted"
-            self._play(result.value, status=status, ambiguous=result.ambiguous, reply=reply)
+            self._play(
+                result.value,
+                status=status,
+                ambiguous=result.ambiguous,
+                lenient=result.lenient,
+                reply=reply,
+            )
             return
         error = result.error or "invalid answer"
+        failed = Attempt(
+            reply=reply, parse_error=error, parse_category=result.category, truncated=truncated
+        )
         if len(self._attempts) < self._parse.max_reprompts:
             reminder = self._renderer.reminder(error)
-            self._attempts.append(Attempt(reply=reply, parse_error=error, reminder=reminder))
+            self._attempts.append(failed.model_copy(update={"reminder": reminder}))
             self._pending += [
                 Message(role="assistant", content=reply),
                 Message(role="user", content=reminder),
             ]
             return
-        self._attempts.append(Attempt(reply=reply, parse_error=error))
+        self._attempts.append(failed)
         self._fall_back(error, reply=reply)
 
     def _fall_back(self, error: str, *, reply: str) -> None:
@@ -183,7 +201,13 @@ class TextEpisode:
         return tuple(float(p) for p in self._rng.dirichlet(np.ones(k)))
 
     def _play(
-        self, choice: Choice, *, status: ParseStatus, reply: str, ambiguous: bool = False
+        self,
+        choice: Choice,
+        *,
+        status: ParseStatus,
+        reply: str,
+        ambiguous: bool = False,
+        lenient: bool = False,
     ) -> None:
         t = len(self._steps)
         instance = self._scenario.instance
@@ -220,6 +244,7 @@ class TextEpisode:
             policy=policy,
             status=status,
             ambiguous=ambiguous,
+            lenient=lenient,
             reward=reward,
             reward_vector=reward_vector,
             expected_reward=expected,

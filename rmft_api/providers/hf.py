@@ -272,10 +272,18 @@ class HFProvider:
         return ids
 
     def render(self, chat: Sequence[Message]) -> str:
-        """The exact prompt text the model sees for `chat` (chat template + generation prompt)."""
+        """The exact prompt text the model sees for `chat` (chat template + generation prompt).
+
+        A chat ending with an assistant turn (`prompt.reply_prefix`) is continued: that turn is
+        left open and the model writes on from its last character.
+        """
         messages = [{"role": m.role, "content": m.content} for m in chat]
+        go_on = bool(chat) and chat[-1].role == "assistant"
         text: str = self._tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+            messages,
+            add_generation_prompt=not go_on,
+            continue_final_message=go_on,
+            tokenize=False,
         )
         return text
 
