@@ -158,7 +158,7 @@ class Pipeline:
         lock = self.lock if self.lock is not None else RunLock(self.run.root)
         with lock:
             self._stop = StopGate(self.run, since=lock.acquired_at or 0.0)
-            state = asyncio.run(self._drive())
+            state = asyncio.run(self._drive_until_terminated())
             if state.phase == "done":
                 self._write_report()
         return state
@@ -189,6 +189,39 @@ class Pipeline:
         """Raise StopRequested when `rmft-api cancel` asked this run to stop."""
         if self._stop is not None:
             self._stop.check()
+
+    async def _drive_until_terminated(self) -> RunState:
+        """`_drive`, with SIGTERM cancelling it from inside the event loop, as asyncio's own
+        Ctrl-C handler does: the run is recorded as interrupted and KeyboardInterrupt raised
+        once it is. (A KeyboardInterrupt raised by a plain signal handler lands anywhere in
+        the loop's machinery, and can leave it waiting forever; and where SIGINT is ignored —
+        a background job — asyncio installs no Ctrl-C handler at all.)"""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        terminated = False
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            if task is not None:
+                task.cancel()
+
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+            installed = True
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            installed = False
+        try:
+            return await self._drive()
+        except asyncio.CancelledError:
+            if terminated:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            if installed:
+                loop.remove_signal_handler(signal.SIGTERM)
+                signal.signal(signal.SIGTERM, previous)
 
     async def _drive(self) -> RunState:
         state = state_for_resume(self.run)
